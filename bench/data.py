@@ -1,0 +1,97 @@
+"""Encoded task data: texts tokenised and images passed through the frozen image encoder once,
+cached on disk (keyed by backbone encoding + task + split options), then served as tensor slices
+so the training loop has no per-step Python data work."""
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench.errors import BenchError
+from bench.store import load_tensors, save_tensors
+from bench.task import Task
+
+
+@dataclass
+class EncodedSplit:
+    fields: dict  # per-example tensors, first dim N: text fields, "label", optional "image_index" [N, n_images]
+    images: torch.Tensor | None  # [M, ...] frozen encodings of the distinct images
+
+    def __len__(self) -> int:
+        return len(self.fields["label"])
+
+    def batch(self, idx: torch.Tensor) -> dict:
+        out = {k: v[idx] for k, v in self.fields.items()}
+        if "image_index" in out:
+            out["image_feats"] = self.images[out.pop("image_index")]
+        return out
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None):
+        """Batches in order, or shuffled with `generator`."""
+        order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
+        for i in range(0, len(self), batch_size):
+            yield self.batch(order[i:i + batch_size])
+
+    def to(self, device) -> "EncodedSplit":
+        return EncodedSplit({k: v.to(device) for k, v in self.fields.items()},
+                            None if self.images is None else self.images.to(device))
+
+
+def encode(backbone, task: Task, examples: list[dict]) -> EncodedSplit:
+    if not examples:
+        raise BenchError(f"task '{task.name}' has no examples for this split (check data_root and caps)")
+    texts = [ex.get("text") or "" for ex in examples] if task.kind != "image" else [""] * len(examples)
+    if task.choices:  # one string per choice, encoded flat then viewed as [N, C, ...]
+        if any(not isinstance(t, list) or len(t) != task.choices for t in texts):
+            raise BenchError(f"task '{task.name}': every example needs a list of {task.choices} choice texts")
+        flat = dict(backbone.encode_texts([c for t in texts for c in t]))
+        fields = {k: v.view(len(texts), task.choices, *v.shape[1:]) for k, v in flat.items()}
+    else:
+        if any(not isinstance(t, str) for t in texts):
+            raise BenchError(f"task '{task.name}': text must be a string (or set `choices` for multiple choice)")
+        fields = dict(backbone.encode_texts(texts))
+    labels = [ex["label"] for ex in examples]
+    if task.loss == "soft_bce":
+        fields["label"] = torch.tensor(labels, dtype=torch.float32)
+    else:
+        fields["label"] = torch.tensor(labels, dtype=torch.long)
+    images = None
+    if task.kind != "text":
+        keys, index, unique = {}, [], []
+        for ex in examples:
+            ids = ex.get("image_ids") or [str(im) for im in ex["images"]]
+            if len(ids) != task.n_images:
+                raise BenchError(f"task '{task.name}': example has {len(ids)} images, task expects {task.n_images}")
+            row = []
+            for key, im in zip(ids, ex["images"]):
+                if key not in keys:
+                    keys[key] = len(unique)
+                    unique.append(im)
+                row.append(keys[key])
+            index.append(row)
+        fields["image_index"] = torch.tensor(index, dtype=torch.long)
+        images = backbone.encode_images(unique)
+    return EncodedSplit(fields, images)
+
+
+def load_split(backbone, task: Task, split: str, cache_dir: Path | None, *, limit=None, shots=None,
+               seed=0, data_root=None, val_size=200) -> EncodedSplit:
+    """Encoded examples of one split, from the on-disk cache when present."""
+    opts = dict(task=task.name, split=split, limit=limit, val_size=val_size, data_root=data_root,
+                shots=shots, seed=seed if shots is not None else None, enc=backbone.cache_key)
+    path = None
+    if cache_dir is not None:
+        digest = hashlib.sha1(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:16]
+        path = Path(cache_dir) / backbone.cache_key / task.name / f"{split}-{digest}.pt"
+        if path.exists():
+            try:
+                blob = load_tensors(path)
+                return EncodedSplit(blob["fields"], blob["images"])
+            except Exception:  # a corrupt cache entry is recomputed, never trusted
+                path.unlink(missing_ok=True)
+    examples = task.load(split, limit=limit, shots=shots, seed=seed, data_root=data_root, val_size=val_size)
+    data = encode(backbone, task, examples)
+    if path is not None:
+        save_tensors(path, {"fields": data.fields, "images": data.images})
+    return data

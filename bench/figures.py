@@ -1,0 +1,94 @@
+"""Figures of a report, each saved as PNG and PDF: score-matrix heatmap per run, forgetting bars
+per method, final score vs parameters, per-task score curves per method."""
+from pathlib import Path
+
+import numpy as np
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path: Path) -> list[Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        p = path.with_suffix(f".{ext}")
+        tmp = p.with_name(f".{p.name}.tmp")
+        fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight")
+        tmp.replace(p)
+        paths.append(p)
+    plt.close(fig)
+    return paths
+
+
+def _matrix(run) -> np.ndarray:
+    return np.array([[np.nan if v is None else v for v in row] for row in run["matrix"]], dtype=float)
+
+
+def heatmap(run, folder: Path) -> list[Path]:
+    A = _matrix(run)
+    fig, ax = plt.subplots(figsize=(1.1 * len(A) + 2, 0.9 * len(A) + 1.5))
+    im = ax.imshow(A, vmin=0, vmax=100, cmap="viridis")
+    for (i, j), v in np.ndenumerate(A):
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="w" if v < 60 else "k", fontsize=8)
+    ax.set_xticks(range(len(A)), run["tasks"], rotation=45, ha="right")
+    ax.set_yticks(range(len(A)), [f"after {t}" for t in run["tasks"]])
+    ax.set_title(f"{run['method']} (seed {run['seed']}): score on task j after task i")
+    fig.colorbar(im, ax=ax, label="score %")
+    return _save(fig, folder / "matrix" / run["run_id"])
+
+
+def forgetting_bars(table, folder: Path) -> list[Path]:
+    t = table.dropna(subset=["forgetting_mean"])
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(t) + 2), 3.5))
+    ax.bar(t["method"], t["forgetting_mean"], yerr=t["forgetting_std"].fillna(0), capsize=3, color="tab:red")
+    ax.set_ylabel("forgetting (points, lower is better)")
+    ax.tick_params(axis="x", rotation=45)
+    ax.set_title("Average forgetting (Chaudhry et al.), mean ± std over seeds")
+    return _save(fig, folder / "forgetting")
+
+
+def score_vs_params(table, folder: Path) -> list[Path]:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, col, label in ((axes[0], "final_avg_mean", "final average score %"),
+                           (axes[1], "transfer_mean_mean", "knowledge transfer % (CLiMB)")):
+        t = table.dropna(subset=[col])
+        ax.scatter(t["stored"], t[col])
+        for _, r in t.iterrows():
+            ax.annotate(r["method"], (r["stored"], r[col]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters stored after the sequence")
+        ax.set_ylabel(label)
+    axes[0].set_title("Score vs stored parameters")
+    axes[1].set_title("Transfer vs stored parameters")
+    return _save(fig, folder / "score_vs_params")
+
+
+def task_curves(runs, folder: Path) -> list[Path]:
+    paths = []
+    for method in sorted({r["method"] for r in runs}):
+        mats = [_matrix(r) for r in runs if r["method"] == method]
+        tasks = next(r["tasks"] for r in runs if r["method"] == method)
+        A = np.nanmean(np.stack(mats), axis=0) if len(mats) > 1 else mats[0]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for j, name in enumerate(tasks):
+            ax.plot(range(len(tasks)), A[:, j], marker="o", label=name)
+        ax.set_xticks(range(len(tasks)), [f"after {t}" for t in tasks], rotation=30, ha="right")
+        ax.set_ylabel("score %")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{method}: per-task score over the sequence")
+        ax.legend(fontsize=7)
+        paths += _save(fig, folder / "curves" / method)
+    return paths
+
+
+def write_figures(runs, table, folder: Path) -> list[Path]:
+    paths = []
+    for run in runs:
+        paths += heatmap(run, folder)
+    paths += forgetting_bars(table, folder)
+    paths += score_vs_params(table, folder)
+    paths += task_curves(runs, folder)
+    return paths

@@ -1,0 +1,109 @@
+"""The Method contract. A method overrides only the hooks it needs; the runner owns the loop,
+optimizer, scheduler, device and logging (see bench/runner.py and bench/train.py)."""
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from bench.backbones.base import Backbone, pooled
+from bench.task import Task
+
+
+@dataclass
+class NoHParams:
+    pass
+
+
+def head(d: int, n_classes: int) -> nn.Module:
+    """CLiMB's classifier head shape: Linear(d -> 2d) -> LayerNorm -> GELU -> Linear(2d -> C)."""
+    return nn.Sequential(nn.Linear(d, 2 * d), nn.LayerNorm(2 * d), nn.GELU(), nn.Linear(2 * d, n_classes))
+
+
+def logits(task_head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    out = task_head(features)
+    return out.squeeze(-1) if features.dim() == 3 else out
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: Task) -> torch.Tensor:
+    if task.loss == "soft_bce":  # VQA: BCE against soft scores, summed over answers as in VQA/CLiMB
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="mean") * labels.shape[1]
+    return nn.functional.cross_entropy(logits, labels)
+
+
+def n_params(params: Iterable[nn.Parameter]) -> int:
+    seen = {}
+    for p in params:
+        seen[id(p)] = p.numel()
+    return sum(seen.values())
+
+
+class Method:
+    """Base class: a shared backbone plus one head per task (task-incremental).
+
+    Everything a method learns lives in `self.net` (an nn.ModuleDict), so `state_dict` and
+    checkpoints cover it. Modules needed by every task are created in `setup` (all task ids are
+    known up front), so a resumed run restores by a plain `load_state_dict`.
+    """
+
+    HParams = NoHParams
+    lr: float = 1e-4          # default learning rate for the backbone/adapters
+    head_lr: float = 1e-3     # heads start from scratch
+    joint: bool = False       # True: the runner trains on all tasks at once (multitask)
+    evaluates_seen_tasks: bool = True  # False: only the current task is evaluated (single_task)
+
+    def __init__(self, backbone: Backbone, tasks: list[Task], hp=None):
+        self.backbone = backbone
+        self.tasks = tasks
+        self.hp = hp if hp is not None else self.HParams()
+        # a multiple-choice task scores each choice with a 1-output head
+        self.heads = nn.ModuleList(head(backbone.hidden_size, 1 if t.choices else t.n_classes) for t in tasks)
+        self.net = nn.ModuleDict({"backbone": backbone, "heads": self.heads})
+
+    # -- hooks, all optional -------------------------------------------------------------
+    def setup(self):
+        """Called once after construction: freeze parts, inject adapters, register state."""
+
+    def begin_task(self, t: int):
+        pass
+
+    def trainable_parameters(self, t: int) -> list[dict]:
+        """Parameter groups for task t's optimizer."""
+        body = [p for p in self.backbone.parameters() if p.requires_grad]
+        groups = [{"params": list(self.heads[t].parameters()), "lr": self.head_lr}]
+        return groups + ([{"params": body, "lr": self.lr}] if body else [])
+
+    def forward(self, batch: dict, t: int) -> torch.Tensor:
+        """Logits [B, n_classes] (or [B, n_choices] for multiple choice)."""
+        return logits(self.heads[t], pooled(self.backbone, batch))
+
+    def loss(self, batch: dict, t: int) -> torch.Tensor:
+        return task_loss(self.forward(batch, t), batch["label"], self.tasks[t])
+
+    def after_step(self, t: int):
+        pass
+
+    def end_task(self, t: int):
+        pass
+
+    def predict(self, batch: dict, t: int) -> torch.Tensor:
+        return self.forward(batch, t)
+
+    def state_dict(self) -> dict:
+        return self.net.state_dict()
+
+    def load_state_dict(self, state: dict):
+        self.net.load_state_dict(state)
+
+    # -- cost accounting ------------------------------------------------------------------
+    def task_modules(self, t: int) -> list[nn.Module]:
+        """Modules specific to task t (its head, adapters ...), counted for inference."""
+        return [self.heads[t]]
+
+    def param_report(self) -> dict:
+        """Parameters stored after the sequence and used at inference for one task."""
+        backbone = n_params(self.backbone.parameters()) + self.backbone.external_params()
+        extra = n_params(p for name, m in self.net.items() if name != "backbone" for p in m.parameters())
+        inference = backbone + max(n_params(p for m in self.task_modules(t) for p in m.parameters())
+                                   for t in range(len(self.tasks)))
+        return {"stored": backbone + extra, "inference": inference}

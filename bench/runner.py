@@ -1,0 +1,191 @@
+"""One run: a method through a sequence. Evaluates after every task, checkpoints after every
+task, resumes from the last finished task, and writes `DONE` last."""
+import fcntl
+import os
+import platform
+import resource
+import subprocess
+import time
+import zlib
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from bench import metrics
+from bench.backbones import build_backbone
+from bench.config import RunConfig, plan_tasks, resolve
+from bench.data import load_split
+from bench.errors import BenchError
+from bench.evaluate import score
+from bench.registry import METHODS, TASKS
+from bench.store import is_done, load_tensors, read_json, runs_dir, save_tensors, write_json, write_text
+from bench.train import fit
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def task_seed(seed: int, t: int) -> int:
+    """Per-task RNG seed, so a resumed run draws exactly what an uninterrupted one would."""
+    return zlib.crc32(f"{seed}-{t}".encode())
+
+
+def reference_config(cfg: RunConfig) -> RunConfig:
+    """The single-task reference (S_j) run matching `cfg`: same sequence, backbone, seed, budget."""
+    base = {k: v for k, v in cfg.identity().items() if k not in ("method", "hparams", "lr", "head_lr")}
+    return resolve("single_task", METHODS.get("single_task"), [], **base)
+
+
+def provenance(cfg: RunConfig, device: str) -> dict:
+    versions = {}
+    for pkg in ("torch", "torchvision", "transformers", "numpy", "open_clip_torch", "easy-vqa"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    versions["python"] = platform.python_version()
+    try:
+        git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
+                             text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        git = "unknown"
+    return {"config": cfg.identity(), "versions": versions, "git": git, "host": platform.node(), "device": device}
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """An exclusive lock per run: a second process on the same run skips it instead of training it twice."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BenchError(f"run {run_dir.name} is being trained by another process") from None
+        yield
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def execute(cfg: RunConfig, out, *, device: str = "auto", threads: int | None = None,
+            cache_dir=None, log=print) -> dict:
+    """Run `cfg` (or return its finished metrics). Raises BenchError on bad input or a non-finite loss."""
+    run_dir = runs_dir(out) / cfg.run_id
+    if is_done(run_dir):
+        return read_json(run_dir / "metrics.json")
+    if threads:
+        torch.set_num_threads(threads)
+    device = resolve_device(device)
+    cache_dir = Path(cache_dir) if cache_dir else Path(out) / "cache"
+    with run_lock(run_dir):
+        if is_done(run_dir):
+            return read_json(run_dir / "metrics.json")
+        write_json(run_dir / "config.json", cfg.identity())
+        return _execute(cfg, run_dir, device, cache_dir, log)
+
+
+def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log) -> dict:
+    started = time.time()
+    plans = plan_tasks(cfg)
+    tasks = [TASKS.get(p.name)() for p in plans]
+    method_cls = METHODS.get(cfg.method)
+    backbone = build_backbone(cfg.backbone)
+    for task in tasks:
+        if task.kind == "image" and not hasattr(backbone, "encode_images"):
+            raise BenchError(f"backbone '{cfg.backbone}' cannot encode images for task '{task.name}'")
+    torch.manual_seed(task_seed(cfg.seed, -1))  # heads and method modules: seeded per run
+    method = method_cls(backbone, tasks, method_cls.HParams(**cfg.hparams))
+    if cfg.lr is not None:
+        method.lr = cfg.lr
+    if cfg.head_lr is not None:
+        method.head_lr = cfg.head_lr
+    method.setup()
+    method.net.to(device)
+
+    def split(t, name):
+        p = plans[t]
+        limit = {"train": p.train_cap, "test": p.test_cap, "val": None}[name]
+        return load_split(backbone, tasks[t], name, cache_dir, limit=limit, shots=p.shots if name == "train" else None,
+                          seed=cfg.seed, data_root=cfg.data_root, val_size=p.val_size).to(device)
+
+    T = len(tasks)
+    data = {name: [split(t, name) for t in range(T)] for name in ("train", "val", "test")}  # all validated up front
+    progress_path, ckpt_path = run_dir / "progress.json", run_dir / "checkpoint.pt"
+    progress = {"rows": [], "train_s": [], "trainable": [], "fit": []}
+    if progress_path.exists() and ckpt_path.exists():
+        try:
+            saved = read_json(progress_path)
+            state = load_tensors(ckpt_path)
+            if state["finished"] == len(saved["rows"]):
+                method.load_state_dict(state["method"])
+                progress = saved
+                log(f"[{cfg.run_id}] resuming after task {len(progress['rows'])}/{T}")
+        except Exception as e:  # a partial or corrupt checkpoint is redone, not read
+            log(f"[{cfg.run_id}] ignoring unreadable checkpoint ({type(e).__name__}); starting over")
+    stages = [[t] for t in range(T)] if not method.joint else [list(range(T))]
+    for stage in stages[len(progress["rows"]) if not method.joint else len(progress["rows"]) // T:]:
+        t0 = time.time()
+        i = stage[-1]
+        torch.manual_seed(task_seed(cfg.seed, i))
+        for t in stage:
+            method.begin_task(t)
+        steps = sum(plans[t].steps for t in stage)
+        for t in stage:
+            if plans[t].lr is not None:
+                method.lr = plans[t].lr
+        stats = fit(method, {t: data["train"][t] for t in stage}, {t: data["val"][t] for t in stage},
+                    steps=steps, cfg=cfg, seed=task_seed(cfg.seed, i),
+                    desc=f"{cfg.method} s{cfg.seed} {'+'.join(tasks[t].name for t in stage)}")
+        for t in stage:
+            method.end_task(t)
+        train_s = time.time() - t0
+        if method.joint:
+            progress["rows"] += [[None] * T for _ in range(T - 1)]
+        evaluated = range(i + 1) if method.evaluates_seen_tasks else [i]
+        row = [None] * T
+        for j in evaluated:
+            row[j] = score(method, j, data["test"][j], cfg.eval_batch_size)
+        progress["rows"].append(row)
+        progress["train_s"] += [train_s / len(stage)] * len(stage)
+        progress["trainable"] += [stats["trainable"]] * len(stage)
+        progress["fit"].append(stats)
+        save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": method.state_dict()})
+        write_json(progress_path, progress)
+        log(f"[{cfg.run_id}] task {i + 1}/{T} {'+'.join(tasks[t].name for t in stage)}: "
+            + " ".join("-" if v is None else f"{v:.1f}" for v in row) + f"  ({train_s:.1f}s)")
+    result = finish(cfg, run_dir, progress, tasks, method, device, time.time() - started)
+    if os.environ.get("MMCL_KEEP_CHECKPOINT", "1") == "0":
+        ckpt_path.unlink(missing_ok=True)
+    return result
+
+
+def single_task_scores(cfg: RunConfig, run_dir: Path, A) -> list | None:
+    if cfg.method == "single_task":
+        return [A[j][j] for j in range(len(A))]
+    ref_dir = run_dir.parent / reference_config(cfg).run_id
+    if not is_done(ref_dir):
+        return None
+    return read_json(ref_dir / "metrics.json")["single_task"]
+
+
+def finish(cfg, run_dir, progress, tasks, method, device, total_s) -> dict:
+    A = progress["rows"]
+    chance = [t.chance for t in tasks]
+    single = single_task_scores(cfg, run_dir, A)
+    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result = {
+        "run_id": cfg.run_id, "method": cfg.method, "sequence": cfg.sequence, "backbone": cfg.backbone,
+        "seed": cfg.seed, "tasks": [t.name for t in tasks], "matrix": A, "chance": chance,
+        "single_task": single, "summary": metrics.summary(A, chance, single),
+        "params": {"trainable_per_task": progress["trainable"], **method.param_report()},
+        "time": {"train_s_per_task": progress["train_s"], "total_s": total_s},
+        "peak_mem_mb": peak, "fit": progress["fit"], "provenance": provenance(cfg, device),
+    }
+    write_json(run_dir / "metrics.json", result)
+    write_text(run_dir / "DONE", cfg.run_id + "\n")
+    return result

@@ -1,0 +1,77 @@
+"""The Task contract: what a task is, how its examples look, how it is scored."""
+import random
+from dataclasses import dataclass, field
+
+KINDS = ("vl", "text", "image")
+
+
+@dataclass
+class Task:
+    """One task of a sequence.
+
+    Examples returned by `load` are dicts ``{"images": [...], "text": str | [str], "label": int | [float]}``
+    (a list of strings is a multiple-choice example: one string per choice, label = right index);
+    an image is a path, a PIL image or an HxW(xC) uint8 array, and may come with a stable
+    ``"image_ids"`` list used as cache key (paths are keys by themselves).
+    """
+
+    name: str
+    kind: str  # "vl" (image+text), "text" (no image), "image" (no text)
+    labels: list[str]
+    n_images: int = 1
+    loss: str = "ce"  # "ce" or "soft_bce" (VQA soft scores)
+    metric: str = "accuracy"  # "accuracy" or "vqa_score"
+    chance: float = field(default=None)  # % ; defaults to uniform guessing
+    choices: int = 0  # multiple choice: text is a list of `choices` strings, label the right index
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"task kind must be one of {KINDS}, got {self.kind!r}")
+        if self.chance is None:
+            self.chance = 0.0 if self.metric == "vqa_score" else 100.0 / len(self.labels)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.labels)
+
+    # Subclasses implement `examples(split, data_root)` for split in {"train", "test"} and may
+    # override `val_from_train` to use an official validation split instead.
+    def examples(self, split: str, data_root: str | None) -> list[dict]:
+        raise NotImplementedError
+
+    def load(self, split: str, limit: int | None = None, shots: int | float | None = None,
+             seed: int = 0, data_root: str | None = None, val_size: int = 200) -> list[dict]:
+        """Examples of `split` ("train", "val" or "test").
+
+        "val" is carved from the official training data with a fixed shuffle, disjoint from
+        "train", so model selection never sees the reported test split. `shots` keeps a
+        fraction (< 1) of the training data or k examples per class (>= 1), seeded.
+        """
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be train/val/test, got {split!r}")
+        if split == "test":
+            data = list(self.examples("test", data_root))
+        else:
+            data = list(self.examples("train", data_root))
+            random.Random(f"val-split-{self.name}").shuffle(data)
+            n_val = min(val_size, len(data) // 5)
+            data = data[:n_val] if split == "val" else data[n_val:]
+            if split == "train" and shots is not None:
+                data = low_shot(data, shots, seed)
+        if limit is not None and len(data) > limit:
+            data = random.Random(f"cap-{self.name}-{split}").sample(data, limit)
+        return data
+
+
+def low_shot(data: list[dict], shots: int | float, seed: int) -> list[dict]:
+    """A fraction of the data (shots < 1) or k examples per class (shots >= 1), seeded."""
+    rng = random.Random(f"shots-{seed}")
+    if shots < 1:
+        return rng.sample(data, max(1, round(len(data) * shots)))
+    by_class: dict = {}
+    for ex in data:
+        key = ex["label"] if isinstance(ex["label"], int) else max(range(len(ex["label"])), key=ex["label"].__getitem__)
+        by_class.setdefault(key, []).append(ex)
+    picked = [ex for key in sorted(by_class) for ex in rng.sample(by_class[key], min(int(shots), len(by_class[key])))]
+    rng.shuffle(picked)
+    return picked

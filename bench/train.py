@@ -1,0 +1,93 @@
+"""The one training loop: AdamW, linear warm-up + linear decay, gradient clipping, and model
+selection on a validation split carved from the training data (never the reported test split)."""
+import math
+
+import torch
+from tqdm import tqdm
+
+from bench.errors import BenchError
+from bench.evaluate import score
+
+
+class NonFiniteLoss(BenchError):
+    pass
+
+
+def _schedule(steps: int, warmup: float):
+    n_warm = max(1, int(round(steps * warmup)))
+
+    def factor(step):
+        if step < n_warm:
+            return (step + 1) / n_warm
+        return max(0.0, (steps - step) / max(1, steps - n_warm))
+    return factor
+
+
+def _dedup_groups(groups: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for g in groups:
+        params = [p for p in g["params"] if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in params)
+        if params:
+            out.append({**g, "params": params})
+    return out
+
+
+def _batches(train: dict, batch_size: int, generator: torch.Generator):
+    """Endless batches (task id, batch); several tasks (joint training) are sampled in
+    proportion to their size."""
+    tasks = list(train)
+    sizes = torch.tensor([len(train[t]) for t in tasks], dtype=torch.float)
+    iters = {t: train[t].batches(batch_size, generator) for t in tasks}
+    while True:
+        t = tasks[int(torch.multinomial(sizes, 1, generator=generator))] if len(tasks) > 1 else tasks[0]
+        batch = next(iters[t], None)
+        if batch is None:
+            iters[t] = train[t].batches(batch_size, generator)
+            batch = next(iters[t])
+        yield t, batch
+
+
+def fit(method, train: dict, val: dict, *, steps: int, cfg, seed: int, desc: str = "") -> dict:
+    """Train `method` on tasks `train` ({task id: EncodedSplit}) for `steps` steps.
+
+    Returns {"steps", "val_best", "best_step", "trainable"}; restores the parameters of the best
+    validation check (mean score over `val` tasks)."""
+    groups = []
+    for t in train:
+        groups += method.trainable_parameters(t)
+    groups = _dedup_groups(groups)
+    for g in groups:
+        g.setdefault("lr", cfg.lr)
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(steps, cfg.warmup))
+    generator = torch.Generator().manual_seed(seed)
+    checks = {min(steps, math.ceil(steps * (k + 1) / max(1, cfg.val_checks))) for k in range(cfg.val_checks)}
+    best, best_step, best_state = -math.inf, 0, None
+    bad = torch.zeros((), dtype=torch.bool)
+    method.net.train()
+    batches = _batches(train, cfg.batch_size, generator)
+    for step in tqdm(range(1, steps + 1), desc=desc, leave=False, disable=None, mininterval=2):
+        t, batch = next(batches)
+        loss = method.loss(batch, t)
+        bad |= ~torch.isfinite(loss.detach()).cpu()  # no host sync per step; checked at val checks
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        method.after_step(t)
+        if step in checks:
+            if bool(bad):
+                raise NonFiniteLoss(f"non-finite loss while training task {desc or t}")
+            value = sum(score(method, v, val[v], cfg.eval_batch_size) for v in val) / len(val)
+            if value > best:
+                best, best_step = value, step
+                best_state = None if step == steps else [p.detach().clone() for p in params]
+    if best_step != steps and best_state is not None:
+        with torch.no_grad():
+            for p, v in zip(params, best_state):
+                p.copy_(v)
+    return {"steps": steps, "val_best": best, "best_step": best_step,
+            "trainable": sum(p.numel() for p in params)}

@@ -1,0 +1,44 @@
+"""Bottleneck adapters (Houlsby et al. 2019): the backbone is frozen; each task trains its own
+adapters, after the attention output and after the FFN of every block, plus its head:
+    h <- h + W_up GELU(W_down h),   W_down: d -> d/r, r = 16, W_up initialised to 0.
+Earlier tasks' adapters are never touched again, so forgetting is zero by construction."""
+from dataclasses import dataclass
+
+from torch import nn
+
+from bench.adapters import Injector, adapter_set
+from bench.method import Method
+from bench.registry import METHODS
+
+
+@dataclass
+class AdapterHParams:
+    reduction: int = 16
+
+
+@METHODS.register("adapter")
+class Adapter(Method):
+    HParams = AdapterHParams
+    lr = 1e-3
+    sites = ("attn", "ffn")
+
+    def setup(self):
+        self.backbone.freeze()
+        self.injector = Injector(self.backbone, self.sites)
+        d = self.backbone.hidden_size
+        self.adapters = nn.ModuleList(adapter_set(len(self.injector), d, self.hp.reduction) for _ in self.tasks)
+        self.net["adapters"] = self.adapters
+
+    def activate(self, t: int):
+        self.injector.fn = lambda i, h: h + self.adapters[t][i](h)
+
+    def trainable_parameters(self, t):
+        return [{"params": list(self.heads[t].parameters()), "lr": self.head_lr},
+                {"params": list(self.adapters[t].parameters()), "lr": self.lr}]
+
+    def forward(self, batch, t):
+        self.activate(t)
+        return super().forward(batch, t)
+
+    def task_modules(self, t):
+        return [self.heads[t], self.adapters[t]]

@@ -1,0 +1,23 @@
+"""Single-task reference: a fresh pretrained backbone fine-tuned on each task alone. Its diagonal
+gives S_j, the reference of CLiMB's knowledge-transfer metric; only the current task is scored."""
+import copy
+
+from bench.method import Method, n_params
+from bench.registry import METHODS
+
+
+@METHODS.register("single_task")
+class SingleTask(Method):
+    evaluates_seen_tasks = False
+
+    def setup(self):
+        self._pretrained = copy.deepcopy(self.backbone.state_dict())
+
+    def begin_task(self, t):
+        self.backbone.load_state_dict(self._pretrained)
+
+    def param_report(self):
+        report = super().param_report()
+        backbone = n_params(self.backbone.parameters())
+        report["stored"] += backbone * (len(self.tasks) - 1)  # one fine-tuned backbone per task
+        return report

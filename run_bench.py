@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""mmcl-bench command line: thin wrapper over bench/ (no logic here)."""
+import argparse
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched unless the user asks for a hub id
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def cmd_list(args):
+    from bench.config import SEQUENCES_DIR
+    from bench.registry import BACKBONES, METHODS, TASKS
+    names = {"methods": METHODS.names, "tasks": TASKS.names, "backbones": BACKBONES.names,
+             "sequences": lambda: sorted(p.stem for p in SEQUENCES_DIR.glob("*.yaml"))}[args.what]()
+    print("\n".join(names))
+
+
+def cmd_run(args):
+    from bench.config import parse_sets
+    from bench.report import write_report
+    from bench.suite import ExecOptions, execute_suite, plan
+    sets = parse_sets(args.set)
+    execs = {k: v for k, v in sets if k in ("device", "threads", "workers", "cache_dir")}
+    opts = ExecOptions(out=args.out, device=execs.get("device", "auto"), threads=int(execs.get("threads", args.threads)),
+                       workers=int(execs["workers"]) if "workers" in execs else args.workers,
+                       cache_dir=execs.get("cache_dir"))
+    waves = plan(args.methods, args.seeds, sets, sequence=args.sequence, backbone=args.backbone, quick=args.quick)
+    failures = execute_suite(waves, opts, args.executor)
+    report = write_report(args.out)
+    print(report["table"].to_string(index=False))
+    print(f"\nleaderboard: {report['paths'][1]} (.csv, .tex beside it); figures: {os.path.join(args.out, 'figures')}")
+    if failures:
+        print(f"{len(failures)} run(s) failed; see the leaderboard's 'Failed runs'", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args):
+    from bench.report import write_report
+    report = write_report(args.out)
+    print(report["table"].to_string(index=False))
+    print(f"\nleaderboard: {report['paths'][1]}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="run_bench.py", description="multimodal continual-learning benchmark")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ls = sub.add_parser("list", help="list registered names")
+    ls.add_argument("what", choices=["methods", "tasks", "sequences", "backbones"])
+    run = sub.add_parser("run", help="run methods x seeds on a sequence, then write the report")
+    run.add_argument("--sequence", default="default")
+    run.add_argument("--methods", nargs="+", default=["all"])
+    run.add_argument("--backbone", default="default")
+    run.add_argument("--seeds", nargs="+", type=int, default=[0])
+    run.add_argument("--out", default="results")
+    run.add_argument("--quick", action="store_true", help="cap data and steps: a smoke run in about a minute")
+    run.add_argument("--executor", default="local", choices=["local", "slurm", "ray"])
+    run.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    run.add_argument("--workers", type=int, default=None, help="parallel runs (default: cores // threads)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field (lr=3e-4) or a method hyper-parameter (adapter.reduction=8)")
+    rep = sub.add_parser("report", help="write leaderboard tables and figures from finished runs")
+    rep.add_argument("--out", default="results")
+    args = p.parse_args(argv)
+    from bench.errors import BenchError
+    try:
+        return {"list": cmd_list, "run": cmd_run, "report": cmd_report}[args.cmd](args) or 0
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished tasks are checkpointed; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

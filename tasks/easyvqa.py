@@ -1,0 +1,52 @@
+"""easy-VQA (PyPI `easy-vqa`, real VQA data: 64 px images, 13 answers) split by question type into
+tasks of the embedded default sequence, plus a text-only task on the same questions."""
+import re
+from functools import lru_cache
+
+from bench.errors import BenchError
+from bench.registry import TASKS
+from bench.task import Task
+
+COLORS = ["red", "green", "blue", "black", "gray", "teal", "brown", "yellow"]
+SHAPES = ["circle", "rectangle", "triangle"]
+
+
+@lru_cache(maxsize=2)
+def _questions(split: str):
+    try:
+        import easy_vqa
+    except ImportError:
+        raise BenchError("missing package 'easy-vqa': run `make venv`") from None
+    texts, answers, image_ids = easy_vqa.get_train_questions() if split == "train" else easy_vqa.get_test_questions()
+    paths = easy_vqa.get_train_image_paths() if split == "train" else easy_vqa.get_test_image_paths()
+    return list(zip(texts, answers, image_ids)), paths
+
+
+class EasyVQATask(Task):
+    """Questions whose answer lies in `labels`; image + question -> answer."""
+
+    def examples(self, split, data_root=None):
+        questions, paths = _questions(split)
+        index = {a: k for k, a in enumerate(self.labels)}
+        return [{"images": [paths[im]], "image_ids": [f"easyvqa/{split}/{im}"], "text": q, "label": index[a]}
+                for q, a, im in questions if a in index]
+
+
+class EasyVQAMentionTask(Task):
+    """Text only: which colour or shape does a yes/no question mention? (no image is fed)"""
+
+    def examples(self, split, data_root=None):
+        questions, _ = _questions(split)
+        index = {w: k for k, w in enumerate(self.labels)}
+        out = []
+        for q, a, _ in questions:
+            if a in ("yes", "no"):
+                words = [w for w in re.findall(r"[a-z]+", q) if w in index]
+                out.append({"images": [], "text": q, "label": index[words[0]]})
+        return out
+
+
+TASKS.register("vqa_color")(lambda: EasyVQATask("vqa_color", "vl", COLORS))
+TASKS.register("vqa_shape")(lambda: EasyVQATask("vqa_shape", "vl", SHAPES))
+TASKS.register("vqa_yesno")(lambda: EasyVQATask("vqa_yesno", "vl", ["yes", "no"]))
+TASKS.register("text_mention")(lambda: EasyVQAMentionTask("text_mention", "text", COLORS + SHAPES, n_images=0))
