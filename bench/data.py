@@ -33,6 +33,13 @@ class EncodedSplit:
         for i in range(0, len(self), batch_size):
             yield self.batch(order[i:i + batch_size])
 
+    def head(self, fraction: float) -> "EncodedSplit":
+        """The first `fraction` of the examples (the split is already in a fixed random order)."""
+        if fraction >= 1:
+            return self
+        n = max(1, round(len(self) * fraction))
+        return EncodedSplit({k: v[:n] for k, v in self.fields.items()}, self.images)
+
     def to(self, device) -> "EncodedSplit":
         return EncodedSplit({k: v.to(device) for k, v in self.fields.items()},
                             None if self.images is None else self.images.to(device))

@@ -15,6 +15,16 @@ class NoHParams:
     pass
 
 
+@dataclass
+class Stage:
+    """One training stage of a task. Most methods have one; I2I and ATLAS have several. The runner
+    trains each stage with its own optimizer on `method.trainable_parameters(t)` and `method.loss`,
+    for `steps` x the task's step budget, on the first `data` fraction of the training split."""
+    name: str = "train"
+    steps: float = 1.0
+    data: float = 1.0
+
+
 def head(d: int, n_classes: int) -> nn.Module:
     """CLiMB's classifier head shape: Linear(d -> 2d) -> LayerNorm -> GELU -> Linear(2d -> C)."""
     return nn.Sequential(nn.Linear(d, 2 * d), nn.LayerNorm(2 * d), nn.GELU(), nn.Linear(2 * d, n_classes))
@@ -59,6 +69,7 @@ class Method:
         # a multiple-choice task scores each choice with a 1-output head
         self.heads = nn.ModuleList(head(backbone.hidden_size, 1 if t.choices else t.n_classes) for t in tasks)
         self.net = nn.ModuleDict({"backbone": backbone, "heads": self.heads})
+        self.stage = Stage()
 
     # -- hooks, all optional -------------------------------------------------------------
     def setup(self):
@@ -66,6 +77,12 @@ class Method:
 
     def begin_task(self, t: int):
         pass
+
+    def stages(self, t: int) -> list[Stage]:
+        return [Stage()]
+
+    def begin_stage(self, t: int, stage: Stage):
+        """Called before each stage (after `begin_task`); `self.stage` is already set to it."""
 
     def trainable_parameters(self, t: int) -> list[dict]:
         """Parameter groups for task t's optimizer."""

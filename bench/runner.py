@@ -126,21 +126,30 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log) -
                 log(f"[{cfg.run_id}] resuming after task {len(progress['rows'])}/{T}")
         except Exception as e:  # a partial or corrupt checkpoint is redone, not read
             log(f"[{cfg.run_id}] ignoring unreadable checkpoint ({type(e).__name__}); starting over")
-    stages = [[t] for t in range(T)] if not method.joint else [list(range(T))]
-    for stage in stages[len(progress["rows"]) if not method.joint else len(progress["rows"]) // T:]:
+    groups = [[t] for t in range(T)] if not method.joint else [list(range(T))]
+    for group in groups[len(progress["rows"]) if not method.joint else len(progress["rows"]) // T:]:
         t0 = time.time()
-        i = stage[-1]
+        i = group[-1]
+        names = "+".join(tasks[t].name for t in group)
         torch.manual_seed(task_seed(cfg.seed, i))
-        for t in stage:
+        for t in group:
             method.begin_task(t)
-        steps = sum(plans[t].steps for t in stage)
-        for t in stage:
             if plans[t].lr is not None:
                 method.lr = plans[t].lr
-        stats = fit(method, {t: data["train"][t] for t in stage}, {t: data["val"][t] for t in stage},
-                    steps=steps, cfg=cfg, seed=task_seed(cfg.seed, i),
-                    desc=f"{cfg.method} s{cfg.seed} {'+'.join(tasks[t].name for t in stage)}")
-        for t in stage:
+        trainable, stage_costs = 0, []
+        for stage in method.stages(i):
+            s0 = time.time()
+            method.stage = stage
+            method.begin_stage(i, stage)
+            train = {t: data["train"][t].head(stage.data) for t in group}
+            steps = max(1, round(stage.steps * sum(plans[t].steps for t in group)))
+            stats = fit(method, train, {t: data["val"][t] for t in group}, steps=steps, cfg=cfg,
+                        seed=task_seed(cfg.seed, i), desc=f"{cfg.method} s{cfg.seed} {names} {stage.name}")
+            trainable = max(trainable, stats["trainable"])
+            stage_costs.append({"task": i, "stage": stage.name, "steps": steps, "examples": sum(len(d) for d in train.values()),
+                                "trainable": stats["trainable"], "seconds": time.time() - s0,
+                                "val_best": stats["val_best"], "best_step": stats["best_step"]})
+        for t in group:
             method.end_task(t)
         train_s = time.time() - t0
         if method.joint:
@@ -150,12 +159,12 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log) -
         for j in evaluated:
             row[j] = score(method, j, data["test"][j], cfg.eval_batch_size)
         progress["rows"].append(row)
-        progress["train_s"] += [train_s / len(stage)] * len(stage)
-        progress["trainable"] += [stats["trainable"]] * len(stage)
-        progress["fit"].append(stats)
+        progress["train_s"] += [train_s / len(group)] * len(group)
+        progress["trainable"] += [trainable] * len(group)
+        progress["fit"] += stage_costs
         save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": method.state_dict()})
         write_json(progress_path, progress)
-        log(f"[{cfg.run_id}] task {i + 1}/{T} {'+'.join(tasks[t].name for t in stage)}: "
+        log(f"[{cfg.run_id}] task {i + 1}/{T} {names}: "
             + " ".join("-" if v is None else f"{v:.1f}" for v in row) + f"  ({train_s:.1f}s)")
     result = finish(cfg, run_dir, progress, tasks, method, device, time.time() - started)
     if os.environ.get("MMCL_KEEP_CHECKPOINT", "1") == "0":
@@ -184,7 +193,7 @@ def finish(cfg, run_dir, progress, tasks, method, device, total_s) -> dict:
         "single_task": single, "summary": metrics.summary(A, chance, single),
         "params": {"trainable_per_task": progress["trainable"], **method.param_report()},
         "time": {"train_s_per_task": progress["train_s"], "total_s": total_s},
-        "peak_mem_mb": peak, "fit": progress["fit"], "provenance": provenance(cfg, device),
+        "peak_mem_mb": peak, "stages": progress["fit"], "provenance": provenance(cfg, device),
     }
     write_json(run_dir / "metrics.json", result)
     write_text(run_dir / "DONE", cfg.run_id + "\n")
