@@ -70,6 +70,9 @@ class Method:
         self.heads = nn.ModuleList(head(backbone.hidden_size, 1 if t.choices else t.n_classes) for t in tasks)
         self.net = nn.ModuleDict({"backbone": backbone, "heads": self.heads})
         self.stage = Stage()
+        # every task's training split (EncodedSplit), set by the runner before the first task, for
+        # methods that use task data outside the training loop (EWC's Fisher, replay memories)
+        self.train_data: list = []
 
     # -- hooks, all optional -------------------------------------------------------------
     def setup(self):

@@ -114,6 +114,7 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log) -
 
     T = len(tasks)
     data = {name: [split(t, name) for t in range(T)] for name in ("train", "val", "test")}  # all validated up front
+    method.train_data = data["train"]
     progress_path, ckpt_path = run_dir / "progress.json", run_dir / "checkpoint.pt"
     progress = {"rows": [], "train_s": [], "trainable": [], "fit": []}
     if progress_path.exists() and ckpt_path.exists():
