@@ -107,8 +107,11 @@ def _coerce(key: str, raw: str, typ):
     if value is None and type(None) in allowed:
         return None
     for t in allowed:
-        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        if t is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:  # YAML 1.1 reads "1e-3" as a string
+                return float(value)
+            except ValueError:
+                continue
         if t is str:
             return str(value) if not isinstance(value, (dict, list)) else None
         if t in (int, bool, dict, list) and type(value) is t:

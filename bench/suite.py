@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from bench.config import RunConfig, resolve, validate_set_owners
+from bench.config import RunConfig, plan_tasks, resolve, validate_set_owners
 from bench.errors import BenchError
-from bench.registry import METHODS
+from bench.registry import BACKBONES, METHODS, TASKS
 from bench.store import runs_dir, write_text
 
 
@@ -34,6 +34,10 @@ def plan(methods: list[str], seeds: list[int], sets: list[tuple[str, str]], **ba
             raise BenchError(f"seeds must be non-negative integers, got {s}")
     from bench.runner import reference_config
     runs = [resolve(m, METHODS.get(m), sets, seed=s, **base) for s in seeds for m in methods]
+    for cfg in runs[:1]:  # names in the sequence and the backbone are checked before anything runs
+        for task in plan_tasks(cfg):
+            TASKS.get(task.name)
+        BACKBONES.get(cfg.backbone.partition(":")[0])
     refs = {r.run_id: r for r in (reference_config(c) for c in runs)}
     rest = [r for r in runs if r.run_id not in refs]
     return [list(refs.values()), rest]

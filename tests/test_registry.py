@@ -1,0 +1,34 @@
+import pytest
+
+from bench.config import parse_sets, resolve
+from bench.errors import BenchError
+from bench.registry import BACKBONES, METHODS, TASKS
+
+
+@pytest.mark.parametrize("registry,name,suggestion", [
+    (METHODS, "finetun", "finetune"), (TASKS, "vqa_colour", "vqa_color"), (BACKBONES, "defualt", "default")])
+def test_unknown_names_get_did_you_mean(registry, name, suggestion):
+    with pytest.raises(BenchError, match=f"did you mean '{suggestion}'"):
+        registry.get(name)
+
+
+def test_methods_register_themselves_from_their_files():
+    assert {"finetune", "frozen", "single_task", "multitask", "adapter"} <= set(METHODS.names())
+
+
+def test_set_coerces_types_and_rejects_bad_values():
+    cfg = resolve("adapter", METHODS.get("adapter"), parse_sets(["lr=3e-4", "steps=7", "adapter.reduction=8"]))
+    assert cfg.lr == 3e-4 and cfg.steps == 7 and cfg.hparams == {"reduction": 8}
+    with pytest.raises(BenchError, match="expected float"):
+        resolve("adapter", METHODS.get("adapter"), parse_sets(["lr=fast"]))
+    with pytest.raises(BenchError, match="did you mean 'reduction'"):
+        resolve("adapter", METHODS.get("adapter"), parse_sets(["adapter.reductio=8"]))
+    with pytest.raises(BenchError, match="expected key=value"):
+        parse_sets(["lr"])
+
+
+def test_run_id_is_deterministic_and_config_sensitive():
+    a = resolve("finetune", METHODS.get("finetune"), [], seed=1)
+    b = resolve("finetune", METHODS.get("finetune"), [], seed=1)
+    c = resolve("finetune", METHODS.get("finetune"), [("lr", "1e-3")], seed=1)
+    assert a.run_id == b.run_id != c.run_id
