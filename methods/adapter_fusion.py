@@ -1,0 +1,70 @@
+"""AdapterFusion (Pfeiffer et al. 2021) in the continual setting: the backbone is frozen; task t
+first trains its own Houlsby adapters + head exactly as `adapter` does (stage "adapter",
+knowledge extraction), then, for t >= 1, a fusion layer per adapter site over the frozen adapters
+of tasks 0..t (its own included) + the head (stage "fusion", knowledge composition):
+
+    q = W_Q h,  k_n = W_K a_n(h),  v_n = W_V a_n(h),  h <- h + sum_n softmax_n(q . k_n) v_n
+    loss = task loss + lambda * sum_sites ||I - W_V||^2,   lambda = 0.01
+
+Task 0 has nothing to fuse and is a plain adapter. Every fusion is kept: inference on task t runs
+adapters 0..t and fusion t, which `task_modules` counts."""
+from dataclasses import dataclass
+
+from torch import nn
+
+from bench.fusion import fused, fusion_set, value_regulariser
+from bench.method import Stage
+from bench.registry import METHODS
+from methods.adapter import Adapter
+
+
+@dataclass
+class AdapterFusionHParams:
+    reduction: int = 16
+    value_reg: float = 0.01   # lambda of the W_V regulariser
+    fusion_lr: float = 5e-5   # the paper's fusion learning rate
+    fusion_steps: float = 1.0  # fusion stage budget, in units of the task's step budget
+
+
+@METHODS.register("adapter_fusion")
+class AdapterFusion(Adapter):
+    HParams = AdapterFusionHParams
+
+    def setup(self):
+        super().setup()
+        d = self.backbone.hidden_size
+        self.fusions = nn.ModuleDict({str(t): fusion_set(len(self.injector), d) for t in range(1, len(self.tasks))})
+        self.net["fusions"] = self.fusions
+        self.extracting = None  # the task whose adapter is being trained alone (stage "adapter")
+
+    def stages(self, t):
+        adapter = Stage("adapter")
+        return [adapter] if t == 0 else [adapter, Stage("fusion", steps=self.hp.fusion_steps)]
+
+    def begin_stage(self, t, stage):
+        self.extracting = t if stage.name == "adapter" else None
+
+    def uses_fusion(self, t: int) -> bool:
+        return t > 0 and t != self.extracting
+
+    def trainable_parameters(self, t):
+        if not self.uses_fusion(t):
+            return super().trainable_parameters(t)
+        return [{"params": list(self.heads[t].parameters()), "lr": self.head_lr},
+                {"params": list(self.fusions[str(t)].parameters()), "lr": self.hp.fusion_lr}]
+
+    def activate(self, t):
+        if self.uses_fusion(t):
+            self.injector.fn = fused(self.fusions[str(t)], self.adapters[: t + 1])
+        else:
+            super().activate(t)
+
+    def loss(self, batch, t):
+        loss = super().loss(batch, t)
+        if self.uses_fusion(t):
+            loss = loss + self.hp.value_reg * value_regulariser(self.fusions[str(t)])
+        return loss
+
+    def task_modules(self, t):
+        fusion = [self.fusions[str(t)]] if t > 0 else []
+        return [self.heads[t], *self.adapters[: t + 1], *fusion]
