@@ -5,7 +5,7 @@ Every backbone names, per block, the modules whose output an adapter may rewrite
 each site by setting one function `fn(site_index, h) -> h`. A plain adapter, AdapterFusion,
 ScaLearn and ATLAS are all just different `fn`s over banks of `Bottleneck`s.
 """
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -28,17 +28,27 @@ class Bottleneck(nn.Module):
         return self.up(nn.functional.gelu(self.down(h)))
 
 
-def adapter_set(n_sites: int, d: int, reduction: int) -> nn.ModuleList:
-    """One task's adapters: a bottleneck per injection site."""
-    return nn.ModuleList(Bottleneck(d, reduction) for _ in range(n_sites))
+def site_widths(n_sites: int, d: int | Sequence[int]) -> list[int]:
+    """Per-site widths from one width shared by every site or a list of them (`Injector.widths`)."""
+    widths = [d] * n_sites if isinstance(d, int) else list(d)
+    if len(widths) != n_sites:
+        raise ValueError(f"{len(widths)} widths for {n_sites} adapter sites")
+    return widths
+
+
+def adapter_set(n_sites: int, d: int | Sequence[int], reduction: int) -> nn.ModuleList:
+    """One task's adapters: a bottleneck per injection site, `d` wide (an int or per-site widths)."""
+    return nn.ModuleList(Bottleneck(w, reduction) for w in site_widths(n_sites, d))
 
 
 class Injector:
     """Hooks `sites` ("attn", "ffn") of every backbone block; `fn` rewrites their outputs."""
 
     def __init__(self, backbone, sites=("attn", "ffn")):
-        self.modules = [mod for layer in backbone.layers
-                        for site, mod in backbone.adapter_sites(layer).items() if site in sites]
+        hooked = [(mod, backbone.adapter_width(layer)) for layer in backbone.layers
+                  for site, mod in backbone.adapter_sites(layer).items() if site in sites]
+        self.modules = [mod for mod, _ in hooked]
+        self.widths = [width for _, width in hooked]  # per site: modules built on sites use these
         self.fn: Callable[[int, torch.Tensor], torch.Tensor] | None = None
         self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)]
 

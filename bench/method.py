@@ -25,9 +25,11 @@ class Stage:
     data: float = 1.0
 
 
-def head(d: int, n_classes: int) -> nn.Module:
-    """CLiMB's classifier head shape: Linear(d -> 2d) -> LayerNorm -> GELU -> Linear(2d -> C)."""
-    return nn.Sequential(nn.Linear(d, 2 * d), nn.LayerNorm(2 * d), nn.GELU(), nn.Linear(2 * d, n_classes))
+def head(d: int, n_classes: int, width: int | None = None) -> nn.Module:
+    """CLiMB's classifier head shape: Linear(d -> w) -> LayerNorm -> GELU -> Linear(w -> C), w = 2 x
+    the backbone's hidden size (CLiMB: 1536 on ViLT, also when d = 2 x 768 for two images)."""
+    width = width or 2 * d
+    return nn.Sequential(nn.Linear(d, width), nn.LayerNorm(width), nn.GELU(), nn.Linear(width, n_classes))
 
 
 def logits(task_head: nn.Module, features: torch.Tensor) -> torch.Tensor:
@@ -67,7 +69,8 @@ class Method:
         self.tasks = tasks
         self.hp = hp if hp is not None else self.HParams()
         # a multiple-choice task scores each choice with a 1-output head
-        self.heads = nn.ModuleList(head(backbone.hidden_size, 1 if t.choices else t.n_classes) for t in tasks)
+        self.heads = nn.ModuleList(head(backbone.pooled_size(t), 1 if t.choices else t.n_classes, 2 * backbone.hidden_size)
+                                   for t in tasks)
         self.net = nn.ModuleDict({"backbone": backbone, "heads": self.heads})
         self.stage = Stage()
         # every task's training split (EncodedSplit), set by the runner before the first task, for

@@ -25,7 +25,7 @@ class Adapter(Method):
     def setup(self):
         self.backbone.freeze()
         self.injector = Injector(self.backbone, self.sites)
-        d = self.backbone.hidden_size
+        d = self.injector.widths
         self.adapters = nn.ModuleList(adapter_set(len(self.injector), d, self.hp.reduction) for _ in self.tasks)
         self.net["adapters"] = self.adapters
 
