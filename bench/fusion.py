@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from bench.adapters import site_widths
+
 
 class Fusion(nn.Module):
     def __init__(self, d: int):
@@ -43,12 +45,12 @@ class Fusion(nn.Module):
         return (torch.eye(w.shape[0], device=w.device, dtype=w.dtype) - w).pow(2).sum()
 
 
-def fusion_set(n_sites: int, d: int) -> nn.ModuleList:
-    """One task's fusion layers: one per injection site."""
-    return nn.ModuleList(Fusion(d) for _ in range(n_sites))
+def fusion_set(n_sites: int, d: int | Sequence[int]) -> nn.ModuleList:
+    """One task's fusion layers: one per injection site, `d` wide (an int or `Injector.widths`)."""
+    return nn.ModuleList(Fusion(w) for w in site_widths(n_sites, d))
 
 
-def fusion_set_params(n_sites: int, d: int) -> int:
+def fusion_set_params(n_sites: int, d: int | Sequence[int]) -> int:
     """Parameter count of `fusion_set(n_sites, d)`, without allocating it."""
     with torch.device("meta"):
         return sum(p.numel() for p in fusion_set(n_sites, d).parameters())

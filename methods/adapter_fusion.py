@@ -32,7 +32,7 @@ class AdapterFusion(Adapter):
 
     def setup(self):
         super().setup()
-        d = self.backbone.hidden_size
+        d = self.injector.widths
         self.fusions = nn.ModuleDict({str(t): fusion_set(len(self.injector), d) for t in range(1, len(self.tasks))})
         self.net["fusions"] = self.fusions
         self.extracting = None  # the task whose adapter is being trained alone (stage "adapter")

@@ -64,7 +64,7 @@ class I2I(Adapter):
     def begin_stage(self, t, stage):
         if stage.name == "improvise":
             device = self.heads[t][0].weight.device
-            self.improvised = fusion_set(len(self.injector), self.backbone.hidden_size).to(device)
+            self.improvised = fusion_set(len(self.injector), self.injector.widths).to(device)
         elif stage.name == "train":
             self.improvised = None
 
@@ -109,7 +109,7 @@ class I2I(Adapter):
         return loss
 
     def param_report(self):
-        transient = fusion_set_params(len(self.injector), self.backbone.hidden_size)
+        transient = fusion_set_params(len(self.injector), self.injector.widths)
         return {**super().param_report(), "transient_per_task": [0] + [transient] * (len(self.tasks) - 1)}
 
 
