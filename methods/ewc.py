@@ -1,0 +1,97 @@
+"""Elastic Weight Consolidation (Kirkpatrick et al. 2017), as CLiMB applies it to the shared encoder.
+
+After task k, the diagonal Fisher F_k of the backbone's parameters is estimated at the trained
+parameters θ*_k, and every later task t trains on
+    L(θ) = L_t(θ) + λ/2 Σ_{k<t} Σ_i F_k,i (θ_i − θ*_k,i)²,      λ = 100.
+F_k is the *empirical per-example* Fisher: the mean, over the first `fisher_fraction` (1 %, as
+CLiMB) of task k's training split (already in a fixed random order), of the squared gradient of
+each example's own loss at its true label, with dropout off. (CLiMB squares whole-batch gradients;
+per-example squares are the Fisher's definition and cost little at 1 %.) Heads are task-specific
+and not penalised (CLiMB: encoder only).
+
+The sum over tasks is kept as ONE quadratic, F = Σ_k F_k and anchor θ̄ = Σ_k F_k θ*_k / F: it has
+the same gradient (the penalty differs by a constant), so storage does not grow with the number
+of tasks. `online=True` is online EWC (Schwarz et al. 2018): F ← γ F + F_k, anchor ← θ*_k.
+Fisher and anchor are buffers of `self.net`, so checkpoints and resumed runs carry them.
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.method import Method
+from bench.registry import METHODS
+
+
+@dataclass
+class EWCHParams:
+    lam: float = 100.0             # λ (CLiMB: 100)
+    fisher_fraction: float = 0.01  # share of a task's training split used for its Fisher (CLiMB: 1 %)
+    online: bool = False           # online EWC: one running Fisher, anchored at the latest task
+    gamma: float = 1.0             # online EWC's decay of the running Fisher
+
+
+def per_parameter_buffers(named_params) -> nn.Module:
+    """A module holding one zero buffer shaped like each parameter, in the same order."""
+    module = nn.Module()
+    for name, p in named_params:
+        module.register_buffer(name.replace(".", "/"), torch.zeros_like(p))
+    return module
+
+
+@METHODS.register("ewc")
+class EWC(Method):
+    HParams = EWCHParams
+
+    def setup(self):
+        named = [(n, p) for n, p in self.backbone.named_parameters() if p.requires_grad]
+        self.penalised = [p for _, p in named]
+        self.net["ewc"] = nn.ModuleDict({"fisher": per_parameter_buffers(named),
+                                         "anchor": per_parameter_buffers(named)})
+
+    def state(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return list(self.net["ewc"]["fisher"].buffers()), list(self.net["ewc"]["anchor"].buffers())
+
+    def penalty(self) -> torch.Tensor:
+        """λ/2 Σ_i F_i (θ_i − θ̄_i)²."""
+        fisher, anchor = self.state()
+        total = sum((f * (p - a).square()).sum() for p, f, a in zip(self.penalised, fisher, anchor))
+        return self.hp.lam / 2 * total
+
+    def loss(self, batch, t):
+        loss = super().loss(batch, t)
+        return loss + self.penalty() if t > 0 else loss
+
+    def fisher(self, t: int) -> list[torch.Tensor]:
+        """Empirical per-example diagonal Fisher of task t at the current parameters."""
+        data = self.train_data[t]
+        n = max(1, round(self.hp.fisher_fraction * len(data)))
+        sums = [torch.zeros_like(p) for p in self.penalised]
+        training = self.net.training
+        self.net.eval()  # the Fisher of the deterministic model, without dropout noise
+        for i in range(n):
+            example = data.batch(torch.tensor([i]))
+            loss = Method.loss(self, example, t)  # the task's own loss, without the penalty
+            grads = torch.autograd.grad(loss, self.penalised, allow_unused=True)
+            for s, g in zip(sums, grads):
+                if g is not None:  # a parameter the task does not use (e.g. visual projection, text task)
+                    s += g.square()
+        self.net.train(training)
+        return [s / n for s in sums]
+
+    def end_task(self, t):
+        new = self.fisher(t)
+        with torch.no_grad():
+            for p, f, a, f_t in zip(self.penalised, *self.state(), new):
+                if self.hp.online:
+                    f.mul_(self.hp.gamma).add_(f_t)
+                    a.copy_(p)
+                else:  # merge F_t (θ − θ*_t)² into F (θ − θ̄)²: same gradient, constant storage
+                    total = f + f_t
+                    a.add_(torch.where(total > 0, f_t / total, 1.0) * (p - a))  # θ̄ += F_t/F (θ*_t − θ̄)
+                    f.copy_(total)
+
+    def param_report(self):
+        report = super().param_report()
+        report["stored"] += sum(b.numel() for b in self.net["ewc"].buffers())  # Fisher + anchor
+        return report

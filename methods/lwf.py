@@ -1,0 +1,66 @@
+"""Learning without Forgetting (Li & Hoiem 2016) with one head per task. Before training task t, a
+frozen copy of the model as it stood at the end of task t−1 is taken; on task t's own inputs x,
+every earlier head k is kept close to that copy's outputs:
+    L = L_t(x) + λ Σ_{k<t} H(softmax(z̄_k(x) / T), softmax(z_k(x) / T)),   T = 2, λ = 1,
+where z̄_k are the frozen copy's logits and z_k the live model's, and H is cross-entropy (the
+paper's modified-probability loss). A one-output head (a multiple-choice scorer) is distilled as a
+two-class softmax over (z, 0), i.e. its sigmoid. Backbone, new head and old heads all train, as in
+the paper (its optional warm-up of the new head alone is not used). The frozen copy runs in eval
+mode, so its targets equal the paper's recorded responses; it is transient, never in `self.net`,
+and dropped at the end of the task.
+"""
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from bench.backbones.base import pooled
+from bench.method import Method, logits, task_loss
+from bench.registry import METHODS
+
+
+@dataclass
+class LwFHParams:
+    temperature: float = 2.0  # T
+    lam: float = 1.0          # λ_o, weight of each old task's distillation loss
+
+
+def distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy between temperature-softened teacher and student distributions, batch mean."""
+    if student.shape[-1] == 1:
+        student, teacher = (torch.cat([z, torch.zeros_like(z)], -1) for z in (student, teacher))
+    target = (teacher / temperature).softmax(-1)
+    return -(target * (student / temperature).log_softmax(-1)).sum(-1).mean()
+
+
+@METHODS.register("lwf")
+class LwF(Method):
+    HParams = LwFHParams
+
+    def begin_task(self, t):
+        super().begin_task(t)
+        self.teacher = None
+        if t > 0:
+            self.teacher = copy.deepcopy(self.net).eval().requires_grad_(False)
+
+    def distillation_targets(self, batch: dict, t: int) -> list[torch.Tensor]:
+        """Logits of every earlier head of the frozen copy on this batch."""
+        with torch.no_grad():
+            features = pooled(self.teacher["backbone"], batch)
+            return [logits(self.teacher["heads"][k], features) for k in range(t)]
+
+    def loss(self, batch, t):
+        features = pooled(self.backbone, batch)
+        loss = task_loss(logits(self.heads[t], features), batch["label"], self.tasks[t])
+        if t > 0:
+            targets = self.distillation_targets(batch, t)
+            loss = loss + self.hp.lam * sum(distillation(logits(self.heads[k], features), z, self.hp.temperature)
+                                            for k, z in enumerate(targets))
+        return loss
+
+    def end_task(self, t):
+        self.teacher = None
+
+    def trainable_parameters(self, t):
+        earlier_heads = [p for k in range(t) for p in self.heads[k].parameters()]
+        return super().trainable_parameters(t) + [{"params": earlier_heads, "lr": self.head_lr}]

@@ -1,0 +1,284 @@
+"""Mechanism tests of the classic continual-learning baselines (EWC, ER, LwF, freeze-bottom-k) on
+the toy backbone: each asserts the behaviour its paper describes, and each could fail."""
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from bench.data import load_split
+from bench.errors import BenchError
+from bench.method import Method
+from bench.registry import BACKBONES, METHODS, TASKS
+from bench.runner import task_seed
+from bench.store import load_tensors
+
+TASK_NAMES = ("vqa_color", "text_mention", "vqa_shape")
+
+
+@pytest.fixture(scope="module")
+def toy_data(cache_dir):
+    """Training splits of three default tasks, encoded once with the toy backbone (--quick caps)."""
+    backbone = BACKBONES.get("toy")()
+    tasks = [TASKS.get(n)() for n in TASK_NAMES]
+    return tasks, [load_split(backbone, task, "train", cache_dir, limit=192, val_size=32) for task in tasks]
+
+
+def build(name: str, toy_data, **hp):
+    tasks, train = toy_data
+    cls = METHODS.get(name)
+    torch.manual_seed(task_seed(0, -1))
+    method = cls(BACKBONES.get("toy")(), tasks, cls.HParams(**hp))
+    method.setup()
+    method.train_data = train
+    return method
+
+
+def train_steps(method, t: int, steps: int = 3, lr: float = 1e-2):
+    """A few plain SGD steps on task t through the method's own loss and parameters."""
+    params = [p for g in method.trainable_parameters(t) for p in g["params"]]
+    opt = torch.optim.SGD(params, lr=lr)
+    batches = method.train_data[t].batches(16, torch.Generator().manual_seed(t))
+    for _ in range(steps):
+        opt.zero_grad()
+        method.loss(next(batches), t).backward()
+        opt.step()
+        method.after_step(t)
+
+
+def run_task(method, t: int, steps: int = 3):
+    torch.manual_seed(task_seed(0, t))  # as the runner does before begin_task
+    method.begin_task(t)
+    train_steps(method, t, steps)
+    method.end_task(t)
+
+
+def live_backbone(method) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in method.penalised])
+
+
+def set_backbone(method, flat: torch.Tensor):
+    with torch.no_grad():
+        torch.nn.utils.vector_to_parameters(flat, method.penalised)
+
+
+# -- EWC ---------------------------------------------------------------------------------------
+
+def test_ewc_fisher_is_nonnegative_nonzero_and_anchored_after_task0(toy_data):
+    ewc = build("ewc", toy_data)
+    fisher, anchor = ewc.state()
+    assert all(float(f.abs().sum()) == 0 for f in fisher)
+    run_task(ewc, 0)
+    fisher, anchor = ewc.state()
+    assert all(bool((f >= 0).all()) for f in fisher)
+    assert sum(float(f.sum()) for f in fisher) > 0
+    assert all(torch.equal(a, p.detach()) for a, p in zip(anchor, ewc.penalised))
+    # the Fisher and the anchor are part of the checkpointed state
+    state = ewc.state_dict()
+    assert any(k.startswith("ewc.fisher.") for k in state) and any(k.startswith("ewc.anchor.") for k in state)
+    assert sum(float(state[k].sum()) for k in state if k.startswith("ewc.fisher.")) > 0
+
+
+def test_ewc_penalty_is_zero_at_anchor_and_grows_with_drift(toy_data):
+    ewc = build("ewc", toy_data)
+    run_task(ewc, 0)
+    anchor = live_backbone(ewc)
+    direction = torch.randn(anchor.shape, generator=torch.Generator().manual_seed(1))
+    values = []
+    for eps in (0.0, 0.01, 0.03, 0.1, 0.3):
+        set_backbone(ewc, anchor + eps * direction)
+        values.append(float(ewc.penalty().detach()))
+    assert values[0] == 0
+    assert all(a < b for a, b in zip(values, values[1:])), values
+    # quadratic in the drift: tripling it multiplies the penalty by 9
+    assert values[3] / values[1] == pytest.approx(100, rel=1e-3)
+    # only later tasks pay it (dropout off so both losses see the same forward)
+    ewc.net.eval()
+    first, second = (ewc.train_data[t].batch(torch.arange(8)) for t in (0, 1))
+    assert float(ewc.loss(first, 0).detach()) == float(Method.loss(ewc, first, 0).detach())
+    torch.testing.assert_close(ewc.loss(second, 1), Method.loss(ewc, second, 1) + ewc.penalty())
+    assert float(ewc.penalty().detach()) > 0
+
+
+def test_ewc_merged_penalty_has_the_gradient_of_the_per_task_sum(toy_data):
+    ewc = build("ewc", toy_data)
+    per_task = []
+    for t in (0, 1):
+        torch.manual_seed(task_seed(0, t))
+        ewc.begin_task(t)
+        train_steps(ewc, t)
+        per_task.append(([f.clone() for f in ewc.fisher(t)], [p.detach().clone() for p in ewc.penalised]))
+        ewc.end_task(t)
+    set_backbone(ewc, live_backbone(ewc) + 0.05 * torch.randn(live_backbone(ewc).shape))
+    merged = torch.autograd.grad(ewc.penalty(), ewc.penalised)
+    explicit = ewc.hp.lam / 2 * sum((f * (p - a).square()).sum()
+                                    for fisher, anchor in per_task for p, f, a in zip(ewc.penalised, fisher, anchor))
+    for g, h in zip(merged, torch.autograd.grad(explicit, ewc.penalised)):
+        torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-9)
+
+
+def test_online_ewc_decays_the_running_fisher_and_anchors_at_the_latest_task(toy_data):
+    ewc = build("ewc", toy_data, online=True, gamma=0.5)
+    run_task(ewc, 0)
+    first = [f.clone() for f in ewc.state()[0]]
+    torch.manual_seed(task_seed(0, 1))
+    ewc.begin_task(1)
+    train_steps(ewc, 1)
+    new = ewc.fisher(1)
+    ewc.end_task(1)
+    fisher, anchor = ewc.state()
+    for f, f0, f1 in zip(fisher, first, new):
+        torch.testing.assert_close(f, 0.5 * f0 + f1)
+    assert all(torch.equal(a, p.detach()) for a, p in zip(anchor, ewc.penalised))
+
+
+# -- ER ----------------------------------------------------------------------------------------
+
+def test_er_memory_keeps_the_configured_share_of_every_past_task(toy_data):
+    er = build("er", toy_data, memory_fraction=0.05, replay_every=1)
+    for t in range(3):
+        run_task(er, t, steps=2)
+    memories = [er.memory(k) for k in range(3)]
+    for k, mem in enumerate(memories):
+        n = len(er.train_data[k])
+        assert len(mem) == round(0.05 * n) and len(set(mem.tolist())) == len(mem)
+        assert 0 <= int(mem.min()) and int(mem.max()) < n
+    assert memories[0].tolist() != memories[2].tolist()[: len(memories[0])]  # each task draws its own
+    # the memory is a function of checkpointed state: a fresh method loading the state has the same
+    fresh = build("er", toy_data, memory_fraction=0.05, replay_every=1)
+    with pytest.raises(BenchError):
+        fresh.memory(0)
+    fresh.load_state_dict(er.state_dict())
+    assert all(torch.equal(fresh.memory(k), memories[k]) for k in range(3))
+
+
+def test_er_replays_old_task_memory_every_k_steps(toy_data):
+    er = build("er", toy_data, memory_fraction=0.1, replay_every=3)
+    for t in range(2):
+        run_task(er, t, steps=2)
+    torch.manual_seed(task_seed(0, 2))
+    er.begin_task(2)
+    drawn = []  # (task, indices) of every batch taken from an earlier task's training split
+    for k, split in enumerate(er.train_data[:2]):
+        split.batch = (lambda k, original: lambda idx: drawn.append((k, idx.clone())) or original(idx))(k, split.batch)
+    calls = []
+    forward = er.forward
+    er.forward = lambda batch, t: calls.append(t) or forward(batch, t)
+    try:
+        batches = er.train_data[2].batches(16, torch.Generator().manual_seed(0))
+        for step in range(9):
+            before = len(calls)
+            er.loss(next(batches), 2).backward()
+            er.after_step(2)
+            replayed = calls[before + 1:]
+            assert len(replayed) == (1 if (step + 1) % 3 == 0 else 0), (step, calls)
+            assert all(k < 2 for k in replayed)
+    finally:
+        for split in er.train_data[:2]:
+            del split.batch
+    assert len(drawn) == 3
+    for k, idx in drawn:
+        assert set(idx.tolist()) <= set(er.memory(k).tolist())
+        assert len(idx) == min(16, len(er.memory(k)))
+    # replay trains the replayed task's head
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0
+               for k, _ in drawn for p in er.heads[k].parameters())
+
+
+# -- LwF ---------------------------------------------------------------------------------------
+
+def test_lwf_targets_come_from_the_model_frozen_at_the_end_of_the_previous_task(toy_data):
+    lwf = build("lwf", toy_data)
+    run_task(lwf, 0)
+    snapshot = copy.deepcopy(lwf.net).eval()
+    torch.manual_seed(task_seed(0, 1))
+    lwf.begin_task(1)
+    batch = lwf.train_data[1].batch(torch.arange(16))
+    targets = lwf.distillation_targets(batch, 1)
+    assert len(targets) == 1
+    with torch.no_grad():
+        expected = snapshot["heads"][0](snapshot["backbone"](batch))
+    torch.testing.assert_close(targets[0], expected)
+    train_steps(lwf, 1, steps=3, lr=0.1)  # the live model moves ...
+    with torch.no_grad():
+        lwf.net.eval()
+        live = lwf.heads[0](lwf.backbone(batch))
+    assert not torch.allclose(live, expected, atol=1e-4)
+    torch.testing.assert_close(lwf.distillation_targets(batch, 1)[0], expected)  # ... the targets do not
+    lwf.end_task(1)
+    assert lwf.teacher is None and set(lwf.state_dict()) == set(snapshot.state_dict())
+
+
+def test_lwf_distillation_pulls_old_heads_toward_the_frozen_outputs(toy_data):
+    from methods.lwf import distillation
+    teacher = torch.randn(8, 5)
+    student = teacher.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(distillation(student, teacher, 2.0), student)
+    assert float(grad.abs().max()) < 1e-6  # at the target: a minimum
+    moved = (teacher + torch.randn(8, 5)).requires_grad_(True)
+    assert float(distillation(moved, teacher, 2.0).detach()) > float(distillation(teacher, teacher, 2.0))
+    # a one-output (choice-scoring) head is distilled as its sigmoid
+    z, zbar = torch.randn(8, 1), torch.randn(8, 1)
+    p = torch.sigmoid(zbar / 2)
+    bce = -(p * torch.nn.functional.logsigmoid(z / 2) + (1 - p) * torch.nn.functional.logsigmoid(-z / 2)).mean()
+    torch.testing.assert_close(distillation(z, zbar, 2.0), bce)
+
+
+# -- freeze bottom k ---------------------------------------------------------------------------
+
+def test_freeze_bottom_k_keeps_bottom_blocks_and_embeddings_bit_identical(run, tmp_path):
+    run("freeze_bottom_k", out=tmp_path / "r", steps=4, sets=["lr=1e-2"])
+    state = load_tensors(next((tmp_path / "r" / "runs").iterdir()) / "checkpoint.pt")["method"]
+    initial = BACKBONES.get("toy")().state_dict()
+    trained = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    bottom = [k for k in initial if ".layer.0." in k or "embeddings" in k or k.startswith("visual_proj")]
+    top = [k for k in initial if ".layer.1." in k]
+    assert bottom and top
+    assert all(torch.equal(trained[k], initial[k]) for k in bottom)
+    assert sum(not torch.equal(trained[k], initial[k]) for k in top) >= len(top) // 2
+
+
+def test_freeze_bottom_k_default_follows_climbs_three_quarters():
+    from methods.freeze_bottom_k import FreezeBottomK, FreezeBottomKHParams
+
+    def blocks(n, **hp):
+        return FreezeBottomK.frozen_blocks(SimpleNamespace(backbone=SimpleNamespace(layers=[None] * n),
+                                                           hp=FreezeBottomKHParams(**hp)))
+    assert (blocks(12), blocks(6), blocks(2)) == (9, 4, 1)
+    assert blocks(6, k=2) == 2
+    with pytest.raises(BenchError):
+        blocks(6, k=7)
+
+
+# -- resume --------------------------------------------------------------------------------------
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: not an Exception, so nothing catches it."""
+
+
+@pytest.mark.parametrize("method,sets", [("ewc", []), ("er", ["er.replay_every=1", "er.memory_fraction=0.05"])])
+def test_resume_after_kill_matches_uninterrupted(run, tmp_path, monkeypatch, method, sets):
+    """Killed right after task 2's checkpoint: the Fisher/anchor (EWC) and memory (ER) of tasks 0-1
+    must come back from the checkpoint for the remaining tasks to match."""
+    full = run(method, out=tmp_path / "full", sets=sets)
+    import bench.runner
+    write_json = bench.runner.write_json
+
+    def killing_write_json(path, obj):
+        write_json(path, obj)
+        if path.name == "progress.json" and len(obj["rows"]) == 2:
+            raise Killed
+    monkeypatch.setattr(bench.runner, "write_json", killing_write_json)
+    with pytest.raises(Killed):
+        run(method, out=tmp_path / "killed", sets=sets)
+    monkeypatch.setattr(bench.runner, "write_json", write_json)
+    cls, begun = METHODS.get(method), []
+    begin_task = cls.begin_task
+    monkeypatch.setattr(cls, "begin_task", lambda self, t: begun.append(t) or begin_task(self, t))
+    resumed = run(method, out=tmp_path / "killed", sets=sets)
+    assert begun == [2, 3]  # resumed from the checkpoint, not started over
+    assert resumed["matrix"] == full["matrix"]
+    # toy scores sit near chance, so compare the trained weights themselves
+    final = [load_tensors(next((tmp_path / d / "runs").iterdir()) / "checkpoint.pt")["method"] for d in ("full", "killed")]
+    assert final[0].keys() == final[1].keys()
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
