@@ -10,6 +10,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from bench.errors import BenchError
+
 
 class Bottleneck(nn.Module):
     """Houlsby bottleneck: up(act(down(h))); zero-initialised up-projection so that
@@ -59,6 +61,15 @@ class Injector:
 
     def __len__(self) -> int:
         return len(self.modules)
+
+    @property
+    def width(self) -> int:
+        """The width shared by every site, for modules stacked across sites into one tensor; a
+        BenchError on backbones whose sites differ (the two towers of a CLIP model)."""
+        if len(set(self.widths)) != 1:
+            raise BenchError(f"this method stacks one {max(self.widths)}-wide tensor over all adapter sites, but the "
+                             f"backbone's sites differ in width ({sorted(set(self.widths))}), e.g. the two towers of a CLIP model")
+        return self.widths[0]
 
     def remove(self):
         for h in self._handles:

@@ -74,7 +74,7 @@ class Atlas(Adapter):
 
     def setup(self):
         super().setup()
-        sites, d, T = len(self.injector), self.backbone.hidden_size, len(self.tasks)
+        sites, d, T = len(self.injector), self.injector.width, len(self.tasks)
         self.keys = nn.ModuleList(Vectors(sites, d) for _ in range(T))           # k_t
         self.queries = nn.ModuleList(Vectors(sites, d) for _ in range(T))        # q_{t,t}
         self.experience = nn.ModuleList(Vectors(sites, t, d) for t in range(T))  # q_{t,n}, n < t

@@ -70,7 +70,7 @@ class ScaLearn(Adapter):
     def setup(self):
         super().setup()
         sites = len(self.injector) if self.per_site else 1
-        width = self.backbone.hidden_size if self.vector else 1
+        width = self.injector.width if self.vector else 1
         self.scalings = nn.ModuleList(Scaling(sites, t + 1, width, self.hp.omega_init, self.hp.omega_dropout)
                                       for t in range(len(self.tasks)))
         self.net["scalings"] = self.scalings
