@@ -43,6 +43,8 @@ class AdapterFusion(Adapter):
 
     def begin_stage(self, t, stage):
         self.extracting = t if stage.name == "adapter" else None
+        if stage.name == "fusion":  # the fused adapters are fixed: no weight gradients for them
+            self.adapters[: t + 1].requires_grad_(False)
 
     def uses_fusion(self, t: int) -> bool:
         return t > 0 and t != self.extracting

@@ -65,6 +65,7 @@ class I2I(Adapter):
         if stage.name == "improvise":
             device = self.heads[t][0].weight.device
             self.improvised = fusion_set(len(self.injector), self.injector.widths).to(device)
+            self.adapters[:t].requires_grad_(False)  # fixed sources: no weight gradients for them
         elif stage.name == "train":
             self.improvised = None
 
