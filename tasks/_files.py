@@ -1,0 +1,260 @@
+"""Reading the files real datasets ship: the base class of file-backed tasks, readers that name
+the first bad file and line, an index of image files by id, and local Hugging Face `datasets`
+files (parquet / json / jsonl / csv / `save_to_disk` arrow). Not a task module (leading underscore:
+the task registry does not import it by itself)."""
+import csv
+import io
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.task import Task
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class FileTask(Task):
+    """A task read from files under the user's `data_root`.
+
+    Subclasses set `dirs` (accepted names of the dataset's folder under data_root, first found
+    wins), `layout` (one line: the files expected, shown in every error) and implement
+    `read(split, folder)`. Tasks whose label space lives in the files (answer vocabularies, class
+    folders, category lists) fill `self.labels` in `prepare`, which the runner calls before the
+    method builds its heads.
+    """
+
+    dirs: tuple = ()
+    layout: str = ""
+
+    def __post_init__(self):
+        if self.labels:  # otherwise the label space (and chance) is read from data_root in `prepare`
+            super().__post_init__()
+
+    def error(self, message: str) -> BenchError:
+        return BenchError(f"task '{self.name}': {message} (expected layout: {self.layout})")
+
+    def folder(self, data_root) -> Path:
+        """The dataset's folder under data_root."""
+        if not data_root:
+            raise self.error("reads the dataset's files: pass --set data_root=<dir>")
+        root = Path(data_root).expanduser()
+        if not root.is_dir():
+            raise self.error(f"data_root {root} is not a directory")
+        for name in self.dirs:
+            if (root / name).is_dir():
+                return root / name
+        raise self.error(f"no folder {' or '.join(repr(d) for d in self.dirs)} under {root}")
+
+    def prepare(self, data_root) -> None:
+        """Read the label space from data_root (no-op for tasks whose labels are fixed)."""
+
+    def set_labels(self, labels: list, chance: float | None = None) -> None:
+        if not labels:
+            raise self.error("found no labels / classes")
+        self.labels = list(labels)
+        self.chance = 100.0 / len(self.labels) if chance is None else chance
+
+    def examples(self, split, data_root):
+        if not self.labels:
+            self.prepare(data_root)
+        return self.read(split, self.folder(data_root))
+
+    def read(self, split: str, folder: Path) -> list[dict]:
+        raise NotImplementedError
+
+    # -- readers whose errors name the file and the first bad line -------------------------
+    def first(self, folder: Path, *candidates: str) -> Path:
+        """The first existing path among `candidates` (relative to folder)."""
+        for c in candidates:
+            if (folder / c).exists():
+                return folder / c
+        raise self.error(f"missing {' or '.join(str(folder / c) for c in candidates)}")
+
+    def read_json(self, path: Path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except json.JSONDecodeError as e:
+            raise self.error(f"{path} line {e.lineno}: malformed JSON ({e.msg})") from None
+        except OSError as e:
+            raise self.error(f"cannot read {path}: {e.strerror}") from None
+
+    def jsonl(self, path: Path):
+        """(line number, record) for each non-empty line."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            yield n, json.loads(line)
+                        except json.JSONDecodeError as e:
+                            raise self.error(f"{path} line {n}: malformed JSON ({e.msg})") from None
+        except OSError as e:
+            raise self.error(f"cannot read {path}: {e.strerror}") from None
+
+    def field(self, record, key: str, where: str, kind=None):
+        """record[key], or a one-line error naming `where` (file and line)."""
+        if not isinstance(record, dict) or key not in record:
+            raise self.error(f"{where}: missing field '{key}'")
+        value = record[key]
+        if kind is not None and not isinstance(value, kind):
+            raise self.error(f"{where}: field '{key}' is {type(value).__name__}, expected {_kind_name(kind)}")
+        return value
+
+    def lines(self, path: Path):
+        """(line number, stripped line) for each non-empty line of a text file."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        yield n, line.strip()
+        except OSError as e:
+            raise self.error(f"cannot read {path}: {e.strerror}") from None
+
+    def existing(self, path: Path, where: str) -> str:
+        """The path of an image file that must exist, as a string (the data layer's cache key)."""
+        if not os.path.isfile(path):
+            raise self.error(f"{where}: image {path} not found")
+        return str(path)
+
+    def read_pickle_mapping(self, path: Path):
+        """A pickled dict/list of plain values (answer vocabularies). Only builtin containers and
+        scalars unpickle: anything that would import code is refused."""
+        try:
+            with open(path, "rb") as f:
+                return _PlainUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError, ValueError) as e:
+            raise self.error(f"{path}: not a pickled dict/list of plain values ({e})") from None
+
+    # -- local Hugging Face `datasets` files ---------------------------------------------
+    def hf_records(self, folder: Path, split: str):
+        """(where, record) rows of split `split` from local Hugging Face dataset files under
+        folder: `<split>-*.parquet` / `<split>.{parquet,jsonl,json,csv}` (hub downloads, any depth)
+        or a `save_to_disk` directory `<split>/*.arrow`. None when there is no such file."""
+        files = hf_split_files(folder, split)
+        if not files:
+            return None
+        return self._hf_rows(files)
+
+    def _hf_rows(self, files):
+        for path in files:
+            suffix = path.suffix.lower()
+            if suffix == ".csv":
+                with open(path, encoding="utf-8", newline="") as f:
+                    for n, row in enumerate(csv.DictReader(f), 2):
+                        yield f"{path} line {n}", row
+            elif suffix in (".jsonl", ".json"):
+                yield from ((f"{path} line {n}", r) for n, r in self._json_rows(path))
+            else:
+                for n, row in enumerate(_arrow_rows(path, self), 1):
+                    yield f"{path} row {n}", row
+
+    def _json_rows(self, path: Path):
+        """JSON lines (what `datasets` writes), or one JSON array / {"data": [...]} document."""
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+        try:
+            lines = isinstance(json.loads(first), dict)
+        except json.JSONDecodeError:
+            lines = False
+        if lines:
+            return self.jsonl(path)
+        doc = self.read_json(path)
+        rows = doc.get("data") if isinstance(doc, dict) else doc
+        if not isinstance(rows, list):
+            raise self.error(f"{path}: expected JSON lines or a list of records")
+        return enumerate(rows, 1)
+
+
+def _kind_name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refusing to import {module}.{name}")
+
+
+HF_SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
+
+
+def hf_split_files(folder: Path, split: str) -> list[Path]:
+    names = HF_SPLIT_NAMES.get(split, (split,))
+    pattern = re.compile(rf"^({'|'.join(names)})([-_.].*)?\.(parquet|jsonl|json|csv|arrow)$", re.I)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        in_split_dir = Path(dirpath).name.lower() in names  # save_to_disk: <split>/data-00000-of-00001.arrow
+        for fn in sorted(filenames):
+            if pattern.match(fn) or (in_split_dir and fn.endswith(".arrow")):
+                found.append(Path(dirpath) / fn)
+    return found
+
+
+def _arrow_rows(path: Path, task: FileTask):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    try:
+        if path.suffix.lower() == ".parquet":
+            pf = pq.ParquetFile(path)
+            for batch in pf.iter_batches(batch_size=4096):
+                yield from batch.to_pylist()
+            return
+        with pa.memory_map(str(path)) as source:  # save_to_disk writes Arrow IPC streams
+            try:
+                reader = pa.ipc.open_stream(source)
+            except pa.ArrowInvalid:
+                reader = pa.ipc.open_file(source)
+            for batch in reader:
+                yield from batch.to_pylist()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise task.error(f"{path}: unreadable ({str(e).splitlines()[0]})") from None
+
+
+# -- image files --------------------------------------------------------------------------
+def scan_images(folder: Path, recursive: bool = False) -> dict[str, str]:
+    """{file name: path} of the image files in folder (and its subfolders when recursive)."""
+    out = {}
+    if not folder.is_dir():
+        return out
+    stack = [folder]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                if entry.is_dir():
+                    if recursive:
+                        stack.append(Path(entry.path))
+                elif entry.name.lower().endswith(IMAGE_SUFFIXES):
+                    out.setdefault(entry.name, entry.path)
+    return out
+
+
+TRAILING_NUMBER = re.compile(r"(\d+)$")
+
+
+def images_by_number(*folders: Path) -> dict[int, str]:
+    """{image id: path} for files named by a number: `000000000009.jpg`, `COCO_train2014_000000000009.jpg`,
+    `1000092795.jpg` (COCO, Flickr30k). The first folder holding an id wins."""
+    out = {}
+    for folder in folders:
+        for name, path in scan_images(folder).items():
+            m = TRAILING_NUMBER.search(Path(name).stem)
+            if m:
+                out.setdefault(int(m.group(1)), path)
+    return out
+
+
+def class_folders(folder: Path) -> list[str]:
+    """Sorted names of the sub-folders (ImageNet-style: one folder per class)."""
+    if not folder.is_dir():
+        return []
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def read_text_file(path: Path) -> str:
+    with io.open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
