@@ -10,7 +10,8 @@ class Task:
     """One task of a sequence.
 
     Examples returned by `load` are dicts ``{"images": [...], "text": str | [str], "label": int | [float]}``
-    (a list of strings is a multiple-choice example: one string per choice, label = right index);
+    (a list of strings is a multiple-choice example: one string per choice, label = right index;
+    a soft label may also be a sparse ``{class index: score}`` dict);
     an image is a path, a PIL image or an HxW(xC) uint8 array, and may come with a stable
     ``"image_ids"`` list used as cache key (paths are keys by themselves).
     """
@@ -39,6 +40,10 @@ class Task:
     def examples(self, split: str, data_root: str | None) -> list[dict]:
         raise NotImplementedError
 
+    def prepare(self, data_root: str | None) -> None:
+        """Called by the runner before the method builds its heads: a task whose label space lives
+        in its files (an answer vocabulary, class folders) reads it here."""
+
     def load(self, split: str, limit: int | None = None, shots: int | float | None = None,
              seed: int = 0, data_root: str | None = None, val_size: int = 200) -> list[dict]:
         """Examples of `split` ("train", "val" or "test").
@@ -63,6 +68,15 @@ class Task:
         return data
 
 
+def majority_class(label) -> int:
+    """The class of a label: itself, or the best-scored class of a soft label (list or sparse dict)."""
+    if isinstance(label, int):
+        return label
+    if isinstance(label, dict):
+        return max(sorted(label), key=label.__getitem__) if label else -1
+    return max(range(len(label)), key=label.__getitem__)
+
+
 def low_shot(data: list[dict], shots: int | float, seed: int) -> list[dict]:
     """A fraction of the data (shots < 1) or k examples per class (shots >= 1), seeded."""
     rng = random.Random(f"shots-{seed}")
@@ -70,8 +84,7 @@ def low_shot(data: list[dict], shots: int | float, seed: int) -> list[dict]:
         return rng.sample(data, max(1, round(len(data) * shots)))
     by_class: dict = {}
     for ex in data:
-        key = ex["label"] if isinstance(ex["label"], int) else max(range(len(ex["label"])), key=ex["label"].__getitem__)
-        by_class.setdefault(key, []).append(ex)
+        by_class.setdefault(majority_class(ex["label"]), []).append(ex)
     picked = [ex for key in sorted(by_class) for ex in rng.sample(by_class[key], min(int(shots), len(by_class[key])))]
     rng.shuffle(picked)
     return picked
