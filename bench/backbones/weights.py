@@ -1,0 +1,49 @@
+"""Loading pretrained transformers models from a hub id or a local directory, with a one-line
+error that says how to point at local weights when the hub cannot be reached (DESIGN §8)."""
+import hashlib
+import json
+import os
+
+from bench.errors import BenchError
+
+
+def require_source(backbone: str, source: str | None, example: str) -> str:
+    if not source:
+        raise BenchError(f"backbone '{backbone}' needs a hub id or a local directory: "
+                         f"--backbone {backbone}:{example} or --backbone {backbone}:/path/to/dir")
+    return source
+
+
+def fetch_hint(backbone: str, source: str) -> str:
+    return (f"no model hub is reachable here: on a machine with access run `hf download {source} --local-dir DIR` "
+            f"(or save_pretrained(DIR)), copy DIR here and use --backbone {backbone}:DIR")
+
+
+def hf_pretrained(cls, backbone: str, source: str, **kwargs):
+    """`cls.from_pretrained(source)`; a missing directory or an unreachable hub is a BenchError."""
+    source = os.path.expanduser(source)
+    local = os.path.isdir(source)
+    if not local and source.startswith((".", "/")):
+        raise BenchError(f"backbone '{backbone}': no such directory '{source}'")
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except OSError as e:  # transformers' error for files it cannot find locally or fetch
+        if local:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BenchError(f"backbone '{backbone}': cannot load {cls.__name__} from '{source}': {first}") from None
+        raise BenchError(f"backbone '{backbone}': cannot fetch '{source}': {fetch_hint(backbone, source)}") from None
+
+
+def hf_model_and_processors(model_cls, backbone: str, arg: str | None, example: str):
+    """(source, model, tokenizer, image processor), all three from the same hub id or directory."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+    source = require_source(backbone, arg, example)
+    return (source, hf_pretrained(model_cls, backbone, source), hf_pretrained(AutoTokenizer, backbone, source),
+            hf_pretrained(AutoImageProcessor, backbone, source))
+
+
+def preprocessing_key(backbone: str, source: str, tokenizer, processor, max_tokens: int) -> str:
+    """Cache key of what `encode_texts`/`encode_images` produce: source, tokenizer, processor config."""
+    recipe = json.dumps([source, processor.to_dict(), tokenizer.name_or_path, len(tokenizer), max_tokens],
+                        sort_keys=True, default=str)
+    return f"{backbone}-{hashlib.sha1(recipe.encode()).hexdigest()[:12]}"
