@@ -71,16 +71,19 @@ def load_sequence(name: str) -> dict:
         raise BenchError(f"malformed sequence file {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(seq, dict) or not isinstance(seq.get("tasks"), list) or not seq["tasks"]:
         raise BenchError(f"malformed sequence file {path}: expected a mapping with a non-empty 'tasks' list")
+    if not isinstance(seq.get("downstream", []), list):
+        raise BenchError(f"malformed sequence file {path}: 'downstream' must be a list of tasks")
     return seq
 
 
-def plan_tasks(cfg: RunConfig) -> list[TaskPlan]:
-    """Per-task options: sequence defaults < per-task entries < --quick < --set."""
+def plan_tasks(cfg: RunConfig, part: str = "tasks") -> list[TaskPlan]:
+    """Per-task options: sequence defaults < per-task entries < --quick < --set. `part` is "tasks"
+    (the upstream sequence) or "downstream" (tasks each learnt after it, from its final model)."""
     seq = load_sequence(cfg.sequence)
     defaults = {"steps": 50, "train_cap": None, "test_cap": None, "val_size": 200, "shots": None, "lr": None}
     defaults.update(seq.get("options", {}))
     plans = []
-    for entry in seq["tasks"]:
+    for entry in seq.get(part) or []:
         opts = dict(defaults)
         if isinstance(entry, dict):
             entry = dict(entry)

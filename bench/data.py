@@ -60,7 +60,7 @@ def encode(backbone, task: Task, examples: list[dict]) -> EncodedSplit:
         fields = dict(backbone.encode_texts(texts))
     labels = [ex["label"] for ex in examples]
     if task.loss == "soft_bce":
-        fields["label"] = torch.tensor(labels, dtype=torch.float32)
+        fields["label"] = soft_targets(labels, task.n_classes)
     else:
         fields["label"] = torch.tensor(labels, dtype=torch.long)
     images = None
@@ -78,8 +78,32 @@ def encode(backbone, task: Task, examples: list[dict]) -> EncodedSplit:
                 row.append(keys[key])
             index.append(row)
         fields["image_index"] = torch.tensor(index, dtype=torch.long)
-        images = backbone.encode_images(unique)
+        images = chunked(backbone.encode_images)(unique)
     return EncodedSplit(fields, images)
+
+
+def soft_targets(labels: list, n_classes: int) -> torch.Tensor:
+    """[N, C] soft targets from dense score lists or sparse {class index: score} dicts (VQA
+    loaders give dicts: a few scored answers out of thousands)."""
+    if not any(isinstance(lab, dict) for lab in labels):
+        return torch.tensor(labels, dtype=torch.float32)
+    out = torch.zeros(len(labels), n_classes)
+    for i, lab in enumerate(labels):
+        if isinstance(lab, dict):
+            for k, v in lab.items():
+                out[i, k] = v
+        else:
+            out[i] = torch.as_tensor(lab, dtype=torch.float32)
+    return out
+
+
+IMAGE_CHUNK = 512  # images loaded and encoded at a time: a split's images are paths, never all in memory
+
+
+def chunked(encode_images):
+    def encode(images: list) -> torch.Tensor:
+        return torch.cat([encode_images(images[i:i + IMAGE_CHUNK]) for i in range(0, len(images), IMAGE_CHUNK)])
+    return encode
 
 
 def load_split(backbone, task: Task, split: str, cache_dir: Path | None, *, limit=None, shots=None,

@@ -92,31 +92,29 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log) -
     started = time.time()
     plans = plan_tasks(cfg)
     tasks = [TASKS.get(p.name)() for p in plans]
+    down_plans = plan_tasks(cfg, "downstream")
+    down_tasks = [TASKS.get(p.name)() for p in down_plans]
+    for task in tasks + down_tasks:
+        task.prepare(cfg.data_root)  # label spaces that live in the files (answer vocabularies, class folders)
     method_cls = METHODS.get(cfg.method)
     backbone = build_backbone(cfg.backbone)
-    for task in tasks:
+    for task in tasks + down_tasks:
         if task.kind == "image" and not hasattr(backbone, "encode_images"):
             raise BenchError(f"backbone '{cfg.backbone}' cannot encode images for task '{task.name}'")
-    torch.manual_seed(task_seed(cfg.seed, -1))  # heads and method modules: seeded per run
-    method = method_cls(backbone, tasks, method_cls.HParams(**cfg.hparams))
-    if cfg.lr is not None:
-        method.lr = cfg.lr
-    if cfg.head_lr is not None:
-        method.head_lr = cfg.head_lr
-    method.setup()
-    method.net.to(device)
+    method = build_method(cfg, method_cls, backbone, tasks, device)
 
-    def split(t, name):
-        p = plans[t]
+    def split(task, p, name):
         limit = {"train": p.train_cap, "test": p.test_cap, "val": None}[name]
-        return load_split(backbone, tasks[t], name, cache_dir, limit=limit, shots=p.shots if name == "train" else None,
+        return load_split(backbone, task, name, cache_dir, limit=limit, shots=p.shots if name == "train" else None,
                           seed=cfg.seed, data_root=cfg.data_root, val_size=p.val_size).to(device)
 
     T = len(tasks)
-    data = {name: [split(t, name) for t in range(T)] for name in ("train", "val", "test")}  # all validated up front
+    # every split of every task (downstream ones too) is read, so validated, and encoded before any training
+    data = {name: [split(tasks[t], plans[t], name) for t in range(T)] for name in ("train", "val", "test")}
+    down_data = [{name: split(task, p, name) for name in ("train", "val", "test")} for task, p in zip(down_tasks, down_plans)]
     method.train_data = data["train"]
     progress_path, ckpt_path = run_dir / "progress.json", run_dir / "checkpoint.pt"
-    progress = {"rows": [], "train_s": [], "trainable": [], "fit": []}
+    progress = {"rows": [], "train_s": [], "trainable": [], "fit": [], "downstream": []}
     if progress_path.exists() and ckpt_path.exists():
         try:
             saved = read_json(progress_path)
@@ -132,26 +130,7 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log) -
         t0 = time.time()
         i = group[-1]
         names = "+".join(tasks[t].name for t in group)
-        torch.manual_seed(task_seed(cfg.seed, i))
-        for t in group:
-            method.begin_task(t)
-            if plans[t].lr is not None:
-                method.lr = plans[t].lr
-        trainable, stage_costs = 0, []
-        for stage in method.stages(i):
-            s0 = time.time()
-            method.stage = stage
-            method.begin_stage(i, stage)
-            train = {t: data["train"][t].head(stage.data) for t in group}
-            steps = max(1, round(stage.steps * sum(plans[t].steps for t in group)))
-            stats = fit(method, train, {t: data["val"][t] for t in group}, steps=steps, cfg=cfg,
-                        seed=task_seed(cfg.seed, i), desc=f"{cfg.method} s{cfg.seed} {names} {stage.name}")
-            trainable = max(trainable, stats["trainable"])
-            stage_costs.append({"task": i, "stage": stage.name, "steps": steps, "examples": sum(len(d) for d in train.values()),
-                                "trainable": stats["trainable"], "seconds": time.time() - s0,
-                                "val_best": stats["val_best"], "best_step": stats["best_step"]})
-        for t in group:
-            method.end_task(t)
+        trainable, stage_costs = train_group(method, group, plans, data, cfg)
         train_s = time.time() - t0
         if method.joint:
             progress["rows"] += [[None] * T for _ in range(T - 1)]
@@ -167,10 +146,77 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log) -
         write_json(progress_path, progress)
         log(f"[{cfg.run_id}] task {i + 1}/{T} {names}: "
             + " ".join("-" if v is None else f"{v:.1f}" for v in row) + f"  ({train_s:.1f}s)")
+    progress.setdefault("downstream", [])
+    for task, plan, task_data in list(zip(down_tasks, down_plans, down_data))[len(progress["downstream"]):]:
+        progress["downstream"].append(learn_downstream(cfg, method, tasks, plans, data, task, plan, task_data, device))
+        save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": method.state_dict()})
+        write_json(progress_path, progress)
+        log(f"[{cfg.run_id}] downstream {task.name}: {progress['downstream'][-1]['score']:.1f}")
     result = finish(cfg, run_dir, progress, tasks, method, device, time.time() - started)
     if os.environ.get("MMCL_KEEP_CHECKPOINT", "1") == "0":
         ckpt_path.unlink(missing_ok=True)
     return result
+
+
+def build_method(cfg: RunConfig, method_cls, backbone, tasks, device: str):
+    torch.manual_seed(task_seed(cfg.seed, -1))  # heads and method modules: seeded per run
+    method = method_cls(backbone, tasks, method_cls.HParams(**cfg.hparams))
+    if cfg.lr is not None:
+        method.lr = cfg.lr
+    if cfg.head_lr is not None:
+        method.head_lr = cfg.head_lr
+    method.setup()
+    method.net.to(device)
+    return method
+
+
+def train_group(method, group: list[int], plans, data: dict, cfg: RunConfig) -> tuple[int, list[dict]]:
+    """Train tasks `group` (one task; all of them for a joint method) through the method's stages.
+    Returns the most parameters trained at once and each stage's cost."""
+    i = group[-1]
+    names = "+".join(method.tasks[t].name for t in group)
+    torch.manual_seed(task_seed(cfg.seed, i))
+    for t in group:
+        method.begin_task(t)
+        if plans[t].lr is not None:
+            method.lr = plans[t].lr
+    trainable, stage_costs = 0, []
+    for stage in method.stages(i):
+        s0 = time.time()
+        method.stage = stage
+        method.begin_stage(i, stage)
+        train = {t: data["train"][t].head(stage.data) for t in group}
+        steps = max(1, round(stage.steps * sum(plans[t].steps for t in group)))
+        stats = fit(method, train, {t: data["val"][t] for t in group}, steps=steps, cfg=cfg,
+                    seed=task_seed(cfg.seed, i), desc=f"{cfg.method} s{cfg.seed} {names} {stage.name}")
+        trainable = max(trainable, stats["trainable"])
+        stage_costs.append({"task": i, "stage": stage.name, "steps": steps, "examples": sum(len(d) for d in train.values()),
+                            "trainable": stats["trainable"], "seconds": time.time() - s0,
+                            "val_best": stats["val_best"], "best_step": stats["best_step"]})
+    for t in group:
+        method.end_task(t)
+    return trainable, stage_costs
+
+
+def learn_downstream(cfg, upstream, tasks, plans, data, task, plan, task_data, device) -> dict:
+    """CLiMB's phase II: a downstream task is learnt on its own, right after the upstream sequence,
+    by the same method (as one more task, index T) from the upstream model. A fresh backbone and
+    method over the upstream tasks + this one take the upstream state, so every downstream task
+    starts from the same point and none sees another."""
+    t0, T = time.time(), len(tasks)
+    method = build_method(cfg, type(upstream), build_backbone(cfg.backbone), tasks + [task], device)
+    state, carried = method.state_dict(), upstream.state_dict()
+    clash = next((k for k, v in carried.items() if k in state and state[k].shape != v.shape), None)
+    if clash is not None:
+        raise BenchError(f"method '{cfg.method}': state '{clash}' changes shape with the number of tasks, "
+                         "so a downstream task cannot start from the upstream model")
+    method.load_state_dict({**state, **{k: v for k, v in carried.items() if k in state}})
+    data = {name: data[name] + [task_data[name]] for name in data}
+    method.train_data = data["train"]
+    trainable, stage_costs = train_group(method, [T], plans + [plan], data, cfg)
+    return {"task": task.name, "score": score(method, T, task_data["test"], cfg.eval_batch_size),
+            "chance": task.chance, "shots": plan.shots, "train_examples": len(task_data["train"]),
+            "trainable": trainable, "train_s": time.time() - t0, "stages": stage_costs}
 
 
 def single_task_scores(cfg: RunConfig, run_dir: Path, A) -> list | None:
@@ -180,6 +226,20 @@ def single_task_scores(cfg: RunConfig, run_dir: Path, A) -> list | None:
     if not is_done(ref_dir):
         return None
     return read_json(ref_dir / "metrics.json")["single_task"]
+
+
+def downstream_transfer(cfg: RunConfig, run_dir: Path, downstream: list[dict]) -> list[dict]:
+    """Each downstream score with CLiMB's transfer against the single-task reference's (the
+    pretrained backbone learning the same low-shot task): 100 (score - S) / (S - R)."""
+    ref = read_json(run_dir.parent / reference_config(cfg).run_id / "metrics.json") \
+        if cfg.method != "single_task" and is_done(run_dir.parent / reference_config(cfg).run_id) else None
+    ref_scores = {d["task"]: d["score"] for d in (ref or {}).get("downstream", [])}
+    out = []
+    for d in downstream:
+        s = ref_scores.get(d["task"])
+        transfer = None if s is None or s == d["chance"] else 100.0 * (d["score"] - s) / (s - d["chance"])
+        out.append({**d, "single_task": s, "transfer": transfer})
+    return out
 
 
 def finish(cfg, run_dir, progress, tasks, method, device, total_s) -> dict:
@@ -196,6 +256,8 @@ def finish(cfg, run_dir, progress, tasks, method, device, total_s) -> dict:
         "time": {"train_s_per_task": progress["train_s"], "total_s": total_s},
         "peak_mem_mb": peak, "stages": progress["fit"], "provenance": provenance(cfg, device),
     }
+    if progress.get("downstream"):
+        result["downstream"] = downstream_transfer(cfg, run_dir, progress["downstream"])
     write_json(run_dir / "metrics.json", result)
     write_text(run_dir / "DONE", cfg.run_id + "\n")
     return result

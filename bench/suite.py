@@ -35,7 +35,7 @@ def plan(methods: list[str], seeds: list[int], sets: list[tuple[str, str]], **ba
     from bench.runner import reference_config
     runs = [resolve(m, METHODS.get(m), sets, seed=s, **base) for s in seeds for m in methods]
     for cfg in runs[:1]:  # names in the sequence and the backbone are checked before anything runs
-        for task in plan_tasks(cfg):
+        for task in plan_tasks(cfg) + plan_tasks(cfg, "downstream"):
             TASKS.get(task.name)
         BACKBONES.get(cfg.backbone.partition(":")[0])
     refs = {r.run_id: r for r in (reference_config(c) for c in runs)}
