@@ -27,8 +27,11 @@ def load_image(image) -> np.ndarray:
     """A path, PIL image or uint8 array -> HxWx3 uint8 array."""
     from PIL import Image
     if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as im:
-            image = im.convert("RGB")
+        try:
+            with Image.open(image) as im:
+                image = im.convert("RGB")
+        except OSError as e:  # unreadable, truncated or not an image (PIL's UnidentifiedImageError)
+            raise BenchError(f"cannot read image {image}: {e}") from None
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     image = np.asarray(image)
