@@ -238,3 +238,11 @@ def test_downstream_tasks_start_from_the_upstream_model(run, tmp_path, monkeypat
     for state in seen.values():  # the upstream tasks' adapters arrive unchanged; task T's own was trained
         assert all(torch.equal(state[k], v) for k, v in upstream.items() if k.startswith("adapters."))
         assert any(k.startswith(f"adapters.{len(VL)}.") for k in state)
+
+
+def test_an_unreadable_image_is_a_one_line_error(tmp_path):
+    from bench.backbones.embedded import load_image
+    bad = tmp_path / "1000092795.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(BenchError, match=r"cannot read image .*1000092795.jpg"):
+        load_image(str(bad))
