@@ -30,6 +30,7 @@ class RunConfig:
     weight_decay: float = 0.01
     warmup: float = 0.1                      # fraction of steps with linear warm-up, then linear decay
     grad_clip: float = 1.0
+    precision: str = "fp32"                  # "bf16": autocast forward passes (GPUs; bench/precision.py)
     steps: typing.Optional[int] = None       # training steps per task; None: the sequence's
     train_cap: typing.Optional[int] = None
     test_cap: typing.Optional[int] = None
@@ -134,7 +135,7 @@ def parse_sets(pairs: list[str]) -> list[tuple[str, str]]:
 
 
 RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name not in ("method", "hparams")}
-EXEC_KEYS = ("device", "precision", "threads", "workers", "cache_dir")
+EXEC_KEYS = ("device", "threads", "workers", "cache_dir", "cache_prefix", "compile")
 
 
 def resolve(method: str, method_cls, sets: list[tuple[str, str]], **base) -> RunConfig:

@@ -1,13 +1,18 @@
 """Encoded task data: texts tokenised and images passed through the frozen image encoder once,
-cached on disk (keyed by backbone encoding + task + split options), then served as tensor slices
-so the training loop has no per-step Python data work."""
+cached on disk (image features per image, whole splits keyed by backbone encoding + task + split
+options + loader code; see bench/cache.py), then served as tensor slices so the training loop has
+no per-step Python data work."""
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import torch
 
+from bench.cache import ImageFeatureStore, image_key, safe_name
 from bench.errors import BenchError
 from bench.store import load_tensors, save_tensors
 from bench.task import Task
@@ -17,6 +22,8 @@ from bench.task import Task
 class EncodedSplit:
     fields: dict  # per-example tensors, first dim N: text fields, "label", optional "image_index" [N, n_images]
     images: torch.Tensor | None  # [M, ...] frozen encodings of the distinct images
+    derive: Callable[[dict], dict] | None = None  # extra fields computed per batch (an uncached frozen prefix)
+    key: str | None = None  # names the split's content in the cache ("<task>/<split>-<digest>"); None: uncached
 
     def __len__(self) -> int:
         return len(self.fields["label"])
@@ -25,11 +32,14 @@ class EncodedSplit:
         out = {k: v[idx] for k, v in self.fields.items()}
         if "image_index" in out:
             out["image_feats"] = self.images[out.pop("image_index")]
+        if self.derive is not None:
+            out.update(self.derive(out))
         return out
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None):
         """Batches in order, or shuffled with `generator`."""
         order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
+        order = order.to(self.fields["label"].device)  # one copy per pass, not a host-device sync per batch
         for i in range(0, len(self), batch_size):
             yield self.batch(order[i:i + batch_size])
 
@@ -38,14 +48,15 @@ class EncodedSplit:
         if fraction >= 1:
             return self
         n = max(1, round(len(self) * fraction))
-        return EncodedSplit({k: v[:n] for k, v in self.fields.items()}, self.images)
+        return EncodedSplit({k: v[:n] for k, v in self.fields.items()}, self.images, self.derive)  # a subset: no key
 
     def to(self, device) -> "EncodedSplit":
         return EncodedSplit({k: v.to(device) for k, v in self.fields.items()},
-                            None if self.images is None else self.images.to(device))
+                            None if self.images is None else self.images.to(device), self.derive, self.key)
 
 
-def encode(backbone, task: Task, examples: list[dict]) -> EncodedSplit:
+def encode(backbone, task: Task, examples: list[dict], store: ImageFeatureStore | None = None) -> EncodedSplit:
+    """Token ids, labels and the features of the split's distinct images (from `store` when given)."""
     if not examples:
         raise BenchError(f"task '{task.name}' has no examples for this split (check data_root and caps)")
     texts = [ex.get("text") or "" for ex in examples] if task.kind != "image" else [""] * len(examples)
@@ -67,18 +78,19 @@ def encode(backbone, task: Task, examples: list[dict]) -> EncodedSplit:
     if task.kind != "text":
         keys, index, unique = {}, [], []
         for ex in examples:
-            ids = ex.get("image_ids") or [str(im) for im in ex["images"]]
-            if len(ids) != task.n_images:
-                raise BenchError(f"task '{task.name}': example has {len(ids)} images, task expects {task.n_images}")
+            ids = ex.get("image_ids") or [None] * len(ex["images"])
+            if len(ex["images"]) != task.n_images or len(ids) != task.n_images:
+                raise BenchError(f"task '{task.name}': example has {len(ex['images'])} images, task expects {task.n_images}")
             row = []
-            for key, im in zip(ids, ex["images"]):
+            for key, im in zip(map(image_key, ex["images"], ids), ex["images"]):
                 if key not in keys:
                     keys[key] = len(unique)
                     unique.append(im)
                 row.append(keys[key])
             index.append(row)
         fields["image_index"] = torch.tensor(index, dtype=torch.long)
-        images = chunked(backbone.encode_images)(unique)
+        encode_images = chunked(backbone.encode_images)
+        images = store.features(list(keys), unique, encode_images) if store else encode_images(unique)
     return EncodedSplit(fields, images)
 
 
@@ -106,23 +118,39 @@ def chunked(encode_images):
     return encode
 
 
+@lru_cache(maxsize=None)
+def _source_digest(*files: str) -> str:
+    h = hashlib.sha1()
+    for f in files:
+        h.update(Path(f).read_bytes() if f else b"?")
+    return h.hexdigest()[:12]
+
+
+def code_version(task: Task) -> str:
+    """Digest of the code that turns a task's files into encoded examples (its loader, the Task
+    split logic, this module), so a changed loader never reads a stale split from the shared cache."""
+    return _source_digest(inspect.getsourcefile(type(task)), inspect.getsourcefile(Task), __file__)
+
+
 def load_split(backbone, task: Task, split: str, cache_dir: Path | None, *, limit=None, shots=None,
                seed=0, data_root=None, val_size=200) -> EncodedSplit:
     """Encoded examples of one split, from the on-disk cache when present."""
     opts = dict(task=task.name, split=split, limit=limit, val_size=val_size, data_root=data_root,
-                shots=shots, seed=seed if shots is not None else None, enc=backbone.cache_key)
-    path = None
+                shots=shots, seed=seed if shots is not None else None, enc=backbone.cache_key, code=code_version(task))
+    path = store = key = None
     if cache_dir is not None:
-        digest = hashlib.sha1(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:16]
-        path = Path(cache_dir) / backbone.cache_key / task.name / f"{split}-{digest}.pt"
+        key = f"{safe_name(task.name)}/{split}-{hashlib.sha1(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:16]}"
+        path = Path(cache_dir) / "splits" / safe_name(backbone.cache_key) / f"{key}.pt"
+        store = ImageFeatureStore(cache_dir, backbone.cache_key)
         if path.exists():
             try:
                 blob = load_tensors(path)
-                return EncodedSplit(blob["fields"], blob["images"])
+                return EncodedSplit(blob["fields"], blob["images"], key=key)
             except Exception:  # a corrupt cache entry is recomputed, never trusted
                 path.unlink(missing_ok=True)
     examples = task.load(split, limit=limit, shots=shots, seed=seed, data_root=data_root, val_size=val_size)
-    data = encode(backbone, task, examples)
+    data = encode(backbone, task, examples, store)
     if path is not None:
         save_tensors(path, {"fields": data.fields, "images": data.images})
+    data.key = key
     return data

@@ -112,6 +112,13 @@ class Method:
     def predict(self, batch: dict, t: int) -> torch.Tensor:
         return self.forward(batch, t)
 
+    def frozen_prefix(self) -> int:
+        """How many bottom blocks of the backbone (with its input embeddings) stay frozen and
+        unmodified for the whole run; `len(self.backbone.layers)` with every backbone parameter
+        frozen is the whole backbone. The runner computes that prefix once per example and caches
+        it (bench/prefix.py; it runs in eval mode). 0: nothing to cache."""
+        return 0
+
     def state_dict(self) -> dict:
         return self.net.state_dict()
 

@@ -7,6 +7,7 @@ from tqdm import tqdm
 
 from bench.errors import BenchError
 from bench.evaluate import score
+from bench.precision import autocast
 
 
 class NonFiniteLoss(BenchError):
@@ -65,13 +66,16 @@ def fit(method, train: dict, val: dict, *, steps: int, cfg, seed: int, desc: str
     generator = torch.Generator().manual_seed(seed)
     checks = {min(steps, math.ceil(steps * (k + 1) / max(1, cfg.val_checks))) for k in range(cfg.val_checks)}
     best, best_step, best_state = -math.inf, 0, None
-    bad = torch.zeros((), dtype=torch.bool)
+    bad = None  # non-finite loss seen; stays on the device: no host sync per step, checked at val checks
+    device_type = params[0].device.type
     method.net.train()
     batches = _batches(train, cfg.batch_size, generator)
     for step in tqdm(range(1, steps + 1), desc=desc, leave=False, disable=None, mininterval=2):
         t, batch = next(batches)
-        loss = method.loss(batch, t)
-        bad |= ~torch.isfinite(loss.detach()).cpu()  # no host sync per step; checked at val checks
+        with autocast(cfg.precision, device_type):
+            loss = method.loss(batch, t)
+        nonfinite = ~torch.isfinite(loss.detach())
+        bad = nonfinite if bad is None else bad | nonfinite
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -79,9 +83,9 @@ def fit(method, train: dict, val: dict, *, steps: int, cfg, seed: int, desc: str
         sched.step()
         method.after_step(t)
         if step in checks:
-            if bool(bad):
+            if bad is not None and bool(bad):
                 raise NonFiniteLoss(f"non-finite loss while training task {desc or t}")
-            value = sum(score(method, v, val[v], cfg.eval_batch_size) for v in val) / len(val)
+            value = sum(score(method, v, val[v], cfg.eval_batch_size, cfg.precision) for v in val) / len(val)
             if value > best:
                 best, best_step = value, step
                 best_state = None if step == steps else [p.detach().clone() for p in params]

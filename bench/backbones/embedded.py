@@ -104,7 +104,8 @@ class EmbeddedBackbone(Backbone):
     def external_params(self) -> int:
         return 2_223_872  # MobileNetV2 feature extractor (frozen, applied once through the cache)
 
-    def forward(self, batch: dict) -> torch.Tensor:
+    def token_inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The transformer's input: embeddings [B, L, d], attention mask and token types [B, L]."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
         embeds = self.encoder.embeddings.word_embeddings(ids)
         types = torch.zeros_like(ids)
@@ -115,6 +116,33 @@ class EmbeddedBackbone(Backbone):
             embeds = torch.cat([embeds[:, :1], vis, embeds[:, 1:]], 1)
             mask = torch.cat([mask[:, :1], mask.new_ones(B, V), mask[:, 1:]], 1)
             types = torch.cat([types[:, :1], types.new_ones(B, V), types[:, 1:]], 1)
+        return embeds, mask, types
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        embeds, mask, types = self.token_inputs(batch)
         hidden = self.encoder(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types).last_hidden_state
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        return mean_pool(hidden, mask)
+
+    # Frozen-prefix caching (bench/prefix.py): the same computation as `forward`, split at block k.
+    def prefix_modules(self, k: int) -> list[nn.Module]:
+        return [self.visual_proj, self.encoder.embeddings, *self.layers[:k]]
+
+    def _blocks(self, hidden: torch.Tensor, mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        from transformers.masking_utils import create_bidirectional_mask
+        attention = create_bidirectional_mask(config=self.encoder.config, inputs_embeds=hidden, attention_mask=mask)
+        for layer in self.layers[start:stop]:
+            hidden = layer(hidden, attention)
+        return hidden
+
+    def forward_prefix(self, batch: dict, k: int) -> dict[str, torch.Tensor]:
+        embeds, mask, types = self.token_inputs(batch)
+        hidden = self.encoder.embeddings(inputs_embeds=embeds, token_type_ids=types)
+        return {"hidden": self._blocks(hidden, mask, 0, k), "mask": mask}
+
+    def forward_from(self, state: dict[str, torch.Tensor], k: int) -> torch.Tensor:
+        return mean_pool(self._blocks(state["hidden"], state["mask"], k, len(self.layers)), state["mask"])
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
