@@ -44,6 +44,17 @@ def cmd_report(args):
     print(f"\nleaderboard: {report['paths'][1]}")
 
 
+def cmd_perf(args):
+    from pathlib import Path
+    from bench.cache import default_cache_dir
+    from bench.perf import Workload, main as perf
+    from bench.runner import resolve_device
+    wl = Workload(sequence=args.sequence, backbone=args.backbone, steps=args.steps, quick=args.quick,
+                  threads=args.threads, device=resolve_device(args.device), repeats=args.repeats,
+                  cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache_dir(), scratch=Path(args.scratch))
+    perf(wl, args.sections, leaderboard=args.leaderboard)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="run_bench.py", description="multimodal continual-learning benchmark")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -63,10 +74,24 @@ def main(argv=None):
                      help="override a config field (lr=3e-4) or a method hyper-parameter (adapter.reduction=8)")
     rep = sub.add_parser("report", help="write leaderboard tables and figures from finished runs")
     rep.add_argument("--out", default="results")
+    perf = sub.add_parser("perf", help="measure the harness: overhead vs a bare loop, vs Avalanche, caches, leaderboard time")
+    perf.add_argument("--sequence", default="default")
+    perf.add_argument("--backbone", default="default")
+    perf.add_argument("--steps", type=int, default=None, help="training steps per task (default: the sequence's)")
+    perf.add_argument("--quick", action="store_true", help="the sequence's --quick caps (a smoke run)")
+    perf.add_argument("--threads", type=int, default=1, help="torch threads (the suite runs 1 per worker)")
+    perf.add_argument("--device", default="auto")
+    perf.add_argument("--repeats", type=int, default=2, help="best of N for the side-by-side timings")
+    perf.add_argument("--sections", nargs="+", default=["a", "b", "c", "d", "e", "f"], choices=["a", "b", "c", "d", "e", "f"],
+                      help="a overhead, b avalanche, c cache, d leaderboard, e parallel, f precision (GPU)")
+    perf.add_argument("--leaderboard", action="store_true", help="(d) measured: run the full default leaderboard (slow)")
+    perf.add_argument("--cache-dir", default=None, help="data cache (default: the shared cache)")
+    perf.add_argument("--scratch", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "mmcl-perf"),
+                      help="where the timed runs write (removed afterwards)")
     args = p.parse_args(argv)
     from bench.errors import BenchError
     try:
-        return {"list": cmd_list, "run": cmd_run, "report": cmd_report}[args.cmd](args) or 0
+        return {"list": cmd_list, "run": cmd_run, "report": cmd_report, "perf": cmd_perf}[args.cmd](args) or 0
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,10 +15,13 @@ import torch
 
 from bench import metrics
 from bench.backbones import build_backbone
+from bench.cache import default_cache_dir
 from bench.config import RunConfig, plan_tasks, resolve
 from bench.data import load_split
 from bench.errors import BenchError
 from bench.evaluate import score
+from bench.precision import compile_backbone
+from bench.prefix import FrozenPrefix
 from bench.registry import METHODS, TASKS
 from bench.store import is_done, load_tensors, read_json, runs_dir, save_tensors, write_json, write_text
 from bench.train import fit
@@ -72,7 +75,7 @@ def resolve_device(device: str) -> str:
 
 
 def execute(cfg: RunConfig, out, *, device: str = "auto", threads: int | None = None,
-            cache_dir=None, log=print) -> dict:
+            cache_dir=None, log=print, cache_prefix: bool = True, compile: bool = False) -> dict:
     """Run `cfg` (or return its finished metrics). Raises BenchError on bad input or a non-finite loss."""
     run_dir = runs_dir(out) / cfg.run_id
     if is_done(run_dir):
@@ -80,15 +83,16 @@ def execute(cfg: RunConfig, out, *, device: str = "auto", threads: int | None = 
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(device)
-    cache_dir = Path(cache_dir) if cache_dir else Path(out) / "cache"
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     with run_lock(run_dir):
         if is_done(run_dir):
             return read_json(run_dir / "metrics.json")
         write_json(run_dir / "config.json", cfg.identity())
-        return _execute(cfg, run_dir, device, cache_dir, log)
+        return _execute(cfg, run_dir, device, cache_dir, log, cache_prefix, compile)
 
 
-def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log) -> dict:
+def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
+             cache_prefix: bool = True, compile: bool = False) -> dict:
     started = time.time()
     plans = plan_tasks(cfg)
     tasks = [TASKS.get(p.name)() for p in plans]
@@ -112,6 +116,7 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log) -
     # every split of every task (downstream ones too) is read, so validated, and encoded before any training
     data = {name: [split(tasks[t], plans[t], name) for t in range(T)] for name in ("train", "val", "test")}
     down_data = [{name: split(task, p, name) for name in ("train", "val", "test")} for task, p in zip(down_tasks, down_plans)]
+    upstream_data = data  # as loaded: downstream methods are fresh, without this method's frozen prefix
     method.train_data = data["train"]
     progress_path, ckpt_path = run_dir / "progress.json", run_dir / "checkpoint.pt"
     progress = {"rows": [], "train_s": [], "trainable": [], "fit": [], "downstream": []}
@@ -125,19 +130,26 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log) -
                 log(f"[{cfg.run_id}] resuming after task {len(progress['rows'])}/{T}")
         except Exception as e:  # a partial or corrupt checkpoint is redone, not read
             log(f"[{cfg.run_id}] ignoring unreadable checkpoint ({type(e).__name__}); starting over")
+    prefix = FrozenPrefix.of(method, cfg.precision, log)  # after resuming: the prefix's weights are final
+    if prefix is not None:  # computed once per example (cached on disk), or per batch without the cache
+        attach = (lambda s: prefix.attach(s, cache_dir, cfg.eval_batch_size)) if cache_prefix else prefix.on_the_fly
+        data = {name: [attach(s) for s in splits] for name, splits in data.items()}
+        method.train_data = data["train"]
+    if compile:
+        compile_backbone(method)
     groups = [[t] for t in range(T)] if not method.joint else [list(range(T))]
     for group in groups[len(progress["rows"]) if not method.joint else len(progress["rows"]) // T:]:
         t0 = time.time()
         i = group[-1]
         names = "+".join(tasks[t].name for t in group)
-        trainable, stage_costs = train_group(method, group, plans, data, cfg)
+        trainable, stage_costs = train_group(method, group, plans, data, cfg, prefix)
         train_s = time.time() - t0
         if method.joint:
             progress["rows"] += [[None] * T for _ in range(T - 1)]
         evaluated = range(i + 1) if method.evaluates_seen_tasks else [i]
         row = [None] * T
         for j in evaluated:
-            row[j] = score(method, j, data["test"][j], cfg.eval_batch_size)
+            row[j] = score(method, j, data["test"][j], cfg.eval_batch_size, cfg.precision)
         progress["rows"].append(row)
         progress["train_s"] += [train_s / len(group)] * len(group)
         progress["trainable"] += [trainable] * len(group)
@@ -148,7 +160,7 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log) -
             + " ".join("-" if v is None else f"{v:.1f}" for v in row) + f"  ({train_s:.1f}s)")
     progress.setdefault("downstream", [])
     for task, plan, task_data in list(zip(down_tasks, down_plans, down_data))[len(progress["downstream"]):]:
-        progress["downstream"].append(learn_downstream(cfg, method, tasks, plans, data, task, plan, task_data, device))
+        progress["downstream"].append(learn_downstream(cfg, method, tasks, plans, upstream_data, task, plan, task_data, device))
         save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": method.state_dict()})
         write_json(progress_path, progress)
         log(f"[{cfg.run_id}] downstream {task.name}: {progress['downstream'][-1]['score']:.1f}")
@@ -170,7 +182,7 @@ def build_method(cfg: RunConfig, method_cls, backbone, tasks, device: str):
     return method
 
 
-def train_group(method, group: list[int], plans, data: dict, cfg: RunConfig) -> tuple[int, list[dict]]:
+def train_group(method, group: list[int], plans, data: dict, cfg: RunConfig, prefix=None) -> tuple[int, list[dict]]:
     """Train tasks `group` (one task; all of them for a joint method) through the method's stages.
     Returns the most parameters trained at once and each stage's cost."""
     i = group[-1]
@@ -180,6 +192,8 @@ def train_group(method, group: list[int], plans, data: dict, cfg: RunConfig) -> 
         method.begin_task(t)
         if plans[t].lr is not None:
             method.lr = plans[t].lr
+    if prefix is not None:
+        prefix.check()  # the cached states stay valid only while the prefix stays frozen
     trainable, stage_costs = 0, []
     for stage in method.stages(i):
         s0 = time.time()
@@ -214,7 +228,7 @@ def learn_downstream(cfg, upstream, tasks, plans, data, task, plan, task_data, d
     data = {name: data[name] + [task_data[name]] for name in data}
     method.train_data = data["train"]
     trainable, stage_costs = train_group(method, [T], plans + [plan], data, cfg)
-    return {"task": task.name, "score": score(method, T, task_data["test"], cfg.eval_batch_size),
+    return {"task": task.name, "score": score(method, T, task_data["test"], cfg.eval_batch_size, cfg.precision),
             "chance": task.chance, "shots": plan.shots, "train_examples": len(task_data["train"]),
             "trainable": trainable, "train_s": time.time() - t0, "stages": stage_costs}
 

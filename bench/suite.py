@@ -19,7 +19,9 @@ class ExecOptions:
     device: str = "auto"
     threads: int = 1          # torch threads per run
     workers: int | None = None  # parallel runs; default: cores // threads
-    cache_dir: str | None = None
+    cache_dir: str | None = None  # default: the shared cache (bench/cache.py)
+    cache_prefix: bool = True     # compute a method's frozen backbone prefix once per example (bench/prefix.py)
+    compile: bool = False         # torch.compile the backbone (GPUs)
 
 
 def plan(methods: list[str], seeds: list[int], sets: list[tuple[str, str]], **base) -> list[list[RunConfig]]:
@@ -49,7 +51,8 @@ def _run_one(cfg: RunConfig, opts: ExecOptions):
     from bench.runner import execute
     failed = runs_dir(opts.out) / cfg.run_id / "FAILED"
     try:
-        execute(cfg, opts.out, device=opts.device, threads=opts.threads, cache_dir=opts.cache_dir)
+        execute(cfg, opts.out, device=opts.device, threads=opts.threads, cache_dir=opts.cache_dir,
+                cache_prefix=opts.cache_prefix, compile=opts.compile)
         failed.unlink(missing_ok=True)
         return cfg.run_id, None
     except BenchError as e:

@@ -1,0 +1,402 @@
+"""`python run_bench.py perf`: what the harness itself costs, measured side by side in one process
+on the same model, data tensors, optimizer and steps (a benchmark script, not a test).
+
+(a) overhead     the harness's run (`execute`: cached data, training, evaluation after every task,
+                 checkpoints, metrics) / a bare PyTorch loop doing the same training and evaluation
+                 on the same tensors (both build the model and read the cached data; goal <= 1.03)
+(b) avalanche    avalanche-lib 0.6.0 (requirements-perf.txt) / the harness, for sequential
+                 fine-tuning (Naive), EWC and replay on the same model and cached inputs (goal >= 2)
+(c) cache        a frozen-prefix method without / with its prefix cache (goal >= 10 for methods
+                 whose whole backbone is frozen)
+(d) leaderboard  the full default leaderboard's wall time (all methods x 3 seeds): estimated from
+                 one short run per method (default), or measured with `--leaderboard`
+(e) parallel     two runs side by side with 1 thread each vs one after another with 2 threads
+(f) precision    fp32 vs bf16 autocast vs torch.compile (only on a CUDA device)
+
+Model selection on validation is off (`val_checks=0`) in (a) and (b), so the bare loop and
+Avalanche need none; (c)-(e) use the default configuration. Runs go to a scratch directory that
+is removed afterwards; data come from the shared cache (bench/cache.py), filled first. The last
+line is machine-readable: `overhead_ratio=.. avalanche_ratio=.. cache_speedup=.. leaderboard_s=..`
+(`nan` for a section not run or unavailable).
+"""
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench.backbones import build_backbone
+from bench.backbones.base import pooled
+from bench.config import plan_tasks, resolve
+from bench.data import load_split
+from bench.method import Method, logits, task_loss
+from bench.registry import METHODS, TASKS
+from bench.runner import build_method, execute, task_seed
+from bench.store import finished_runs
+from bench.train import _schedule
+
+SECTIONS = ("a", "b", "c", "d", "e", "f")
+AVALANCHE_STRATEGIES = {"finetune": "Naive", "ewc": "EWC", "er": "Replay"}
+# the harness's side of (b): replay with a memory batch at every step, as Avalanche's Replay does
+AVALANCHE_MATCH = {"er": [("er.replay_every", "1")]}
+
+
+def quiet(*_):
+    pass
+
+
+@dataclass
+class Workload:
+    sequence: str = "default"
+    backbone: str = "default"
+    steps: int | None = None  # per task; None: the sequence's
+    quick: bool = False
+    threads: int = 1
+    device: str = "cpu"
+    repeats: int = 2
+    cache_dir: Path = field(default_factory=Path)
+    scratch: Path = field(default_factory=Path)
+
+    def config(self, method: str, sets=(), seed: int = 0):
+        pairs = ([("steps", str(self.steps))] if self.steps else []) + list(sets)
+        return resolve(method, METHODS.get(method), pairs, sequence=self.sequence, backbone=self.backbone,
+                       seed=seed, quick=self.quick)
+
+    def harness(self, cfg, **speed) -> tuple[float, dict]:
+        """Seconds and metrics of one fresh harness run (its own results directory)."""
+        out = tempfile.mkdtemp(dir=self.scratch)
+        t0 = time.perf_counter()
+        metrics = execute(cfg, out, device=self.device, threads=self.threads, cache_dir=self.cache_dir,
+                          log=quiet, **speed)
+        return time.perf_counter() - t0, metrics
+
+
+def load_workload(cfg, wl: Workload):
+    """The finetune model (backbone + heads, seeded as the runner seeds them) and the cached splits."""
+    plans = plan_tasks(cfg)
+    tasks = [TASKS.get(p.name)() for p in plans]
+    backbone = build_backbone(cfg.backbone)
+    model = build_method(cfg, METHODS.get("finetune"), backbone, tasks, wl.device)
+    limits = {"train": lambda p: p.train_cap, "val": lambda p: None, "test": lambda p: p.test_cap}
+    data = {name: [load_split(backbone, task, name, wl.cache_dir, limit=limit(p), val_size=p.val_size,
+                              shots=p.shots if name == "train" else None, seed=cfg.seed,
+                              data_root=cfg.data_root).to(wl.device)
+                   for task, p in zip(tasks, plans)] for name, limit in limits.items()}
+    return model, plans, data
+
+
+def bare_loop(cfg, wl: Workload) -> list[list[float]]:
+    """Plain PyTorch: the same model, tensors, AdamW groups, schedule, clipping and steps as the
+    harness's `finetune` run, evaluation after every task; no run directory, hooks, checkpoints
+    or metrics. Returns the score matrix (lower triangle)."""
+    model, plans, data = load_workload(cfg, wl)
+    backbone, heads, tasks = model.backbone, model.heads, model.tasks
+    rows = []
+    for i, task in enumerate(tasks):
+        torch.manual_seed(task_seed(cfg.seed, i))
+        body = [p for p in backbone.parameters() if p.requires_grad]
+        params = list(heads[i].parameters()) + body
+        opt = torch.optim.AdamW([{"params": list(heads[i].parameters()), "lr": model.head_lr},
+                                 {"params": body, "lr": plans[i].lr or model.lr}], weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(plans[i].steps, cfg.warmup))
+        generator = torch.Generator().manual_seed(task_seed(cfg.seed, i))
+        batches = iter(())
+        model.net.train()
+        for _ in range(plans[i].steps):
+            batch = next(batches, None)
+            if batch is None:
+                batches = data["train"][i].batches(cfg.batch_size, generator)
+                batch = next(batches)
+            loss = task_loss(logits(heads[i], pooled(backbone, batch)), batch["label"], task)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+        model.net.eval()
+        row = []
+        with torch.inference_mode():
+            for j in range(i + 1):
+                hits = 0.0
+                for batch in data["test"][j].batches(cfg.eval_batch_size):
+                    pred, label = logits(heads[j], pooled(backbone, batch)).argmax(-1), batch["label"]
+                    hits = hits + (label.gather(1, pred[:, None]).sum() if tasks[j].metric == "vqa_score"
+                                   else (pred == label).sum())
+                row.append(float(100.0 * hits / len(data["test"][j])))
+        rows.append(row)
+    return rows
+
+
+def avalanche_run(method: str, cfg, wl: Workload) -> list[list[float]]:
+    """The same workload through avalanche-lib: the finetune model as a MultiTaskModule whose input
+    is (split, example index) into the same cached tensors; one epoch of `steps` x batch examples
+    per experience; after each, evaluation on the test sets seen so far (accuracy only, no loggers)."""
+    from avalanche.benchmarks.scenarios import benchmark_from_datasets, task_incremental_benchmark
+    from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
+    from avalanche.benchmarks.utils import as_classification_dataset
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.models import MultiTaskModule
+    from avalanche.training import EWC, Naive, Replay
+    from avalanche.training.plugins import EvaluationPlugin
+    from torch.utils.data import TensorDataset
+
+    model, plans, data = load_workload(cfg, wl)
+    splits = [data["train"], data["test"]]
+
+    class Model(MultiTaskModule):
+        def __init__(self):
+            super().__init__()
+            self.net = model.net
+
+        def forward_single_task(self, x, task_label):
+            batch = splits[int(x[0, 0])][task_label].batch(x[:, 1])
+            return logits(model.heads[task_label], pooled(model.backbone, batch))
+
+    def dataset(which: int, task: int, n: int):
+        split = splits[which][task]
+        x = torch.stack([torch.full((n,), which), torch.arange(n) % len(split)], 1)
+        ds = TensorDataset(x, split.fields["label"].cpu()[x[:, 1]])
+        ds.targets = ds.tensors[1].tolist()
+        return as_classification_dataset(ds)
+
+    T = len(plans)
+    bench = with_classes_timeline(task_incremental_benchmark(benchmark_from_datasets(
+        train=[dataset(0, t, plans[t].steps * cfg.batch_size) for t in range(T)],
+        test=[dataset(1, t, len(data["test"][t])) for t in range(T)])))
+    net = Model()
+    hp = METHODS.get(method).HParams()
+    extra = {"finetune": {}, "ewc": {"ewc_lambda": getattr(hp, "lam", 100.0), "mode": "separate"},
+             "er": {"mem_size": sum(max(1, round(getattr(hp, "memory_fraction", 0.01) * len(s))) for s in data["train"])}}
+    strategy = {"finetune": Naive, "ewc": EWC, "er": Replay}[method](
+        model=net, optimizer=torch.optim.AdamW(net.parameters(), lr=model.lr, weight_decay=cfg.weight_decay),
+        criterion=torch.nn.CrossEntropyLoss(), train_mb_size=cfg.batch_size, train_epochs=1,
+        eval_mb_size=cfg.eval_batch_size, device=wl.device, evaluator=EvaluationPlugin(accuracy_metrics(experience=True)),
+        **extra[method])
+    rows = []
+    for i, experience in enumerate(bench.train_stream):
+        strategy.train(experience)
+        result = strategy.eval(bench.test_stream[:i + 1])
+        rows.append([100.0 * result[f"Top1_Acc_Exp/eval_phase/test_stream/Task{j:03d}/Exp{j:03d}"] for j in range(i + 1)])
+    return rows
+
+
+def same_scores(harness_matrix, rows) -> float:
+    """Largest difference between two lower-triangular score matrices."""
+    return max(abs(harness_matrix[i][j] - v) for i, row in enumerate(rows) for j, v in enumerate(row))
+
+
+def best_of(repeats: int, fns: dict) -> dict:
+    """{name: (min seconds, last result)}; the candidates alternate, so load changes hit both."""
+    times, results = {k: math.inf for k in fns}, {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            results[name] = fn()
+            times[name] = min(times[name], time.perf_counter() - t0)
+    return {k: (times[k], results[k]) for k in fns}
+
+
+def section_overhead(wl: Workload, say) -> float:
+    cfg = wl.config("finetune", [("val_checks", "0")])
+    r = best_of(wl.repeats, {"bare": lambda: bare_loop(cfg, wl), "harness": lambda: wl.harness(cfg)[1]})
+    (bare_s, rows), (harness_s, metrics) = r["bare"], r["harness"]
+    diff = same_scores(metrics["matrix"], rows)
+    say(f"(a) overhead: harness {harness_s:.2f} s / bare PyTorch loop {bare_s:.2f} s = {harness_s / bare_s:.3f}"
+        f"  (finetune, best of {wl.repeats}; same scores: {'yes' if diff < 1e-6 else f'no, max diff {diff:.3g}'})")
+    return harness_s / bare_s
+
+
+def section_avalanche(wl: Workload, say) -> float:
+    t0 = time.perf_counter()
+    try:
+        import avalanche
+        from avalanche.training import Naive  # noqa: F401  (the strategies import torchvision, metrics ...)
+    except Exception as e:  # not installed, or it does not import beside this torch
+        say(f"(b) avalanche: unavailable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "install with `pip install -r requirements-perf.txt`")
+        return math.nan
+    say(f"(b) avalanche {avalanche.__version__} (import {time.perf_counter() - t0:.1f} s, not counted)")
+    total_a = total_h = 0.0
+    for method, strategy in AVALANCHE_STRATEGIES.items():
+        if method not in METHODS:
+            say(f"    {method}: not registered here, skipped")
+            continue
+        cfg = wl.config(method, [("val_checks", "0")] + AVALANCHE_MATCH.get(method, []))
+        r = best_of(1, {"avalanche": lambda: avalanche_run(method, cfg, wl), "harness": lambda: wl.harness(cfg)[1]})
+        (a_s, rows), (h_s, metrics) = r["avalanche"], r["harness"]
+        total_a, total_h = total_a + a_s, total_h + h_s
+        final = lambda m: sum(m[-1]) / len(m[-1])  # noqa: E731
+        say(f"    {method:9s} avalanche {strategy:7s} {a_s:7.2f} s / harness {h_s:7.2f} s = {a_s / h_s:5.2f}"
+            f"   (final avg: avalanche {final(rows):.1f}, harness {final(metrics['matrix']):.1f})")
+    if not total_h:
+        return math.nan
+    say(f"    total     {total_a:.2f} s / {total_h:.2f} s = {total_a / total_h:.2f}")
+    return total_a / total_h
+
+
+def prefix_methods() -> list[str]:
+    return [m for m in METHODS.names() if METHODS.get(m).frozen_prefix is not Method.frozen_prefix]
+
+
+def whole_backbone_frozen(method: str, wl: Workload) -> bool:
+    from bench.prefix import FrozenPrefix
+    cfg = wl.config(method)
+    m = build_method(cfg, METHODS.get(method), build_backbone(cfg.backbone), [TASKS.get(p.name)() for p in plan_tasks(cfg)], "cpu")
+    prefix = FrozenPrefix.of(m, cfg.precision, quiet)
+    return prefix is not None and prefix.whole
+
+
+def section_cache(wl: Workload, say) -> float:
+    speedups = []
+    for method in prefix_methods():
+        uncached_s, m_u = wl.harness(wl.config(method), cache_prefix=False)
+        first_s, m_c = wl.harness(wl.config(method), cache_prefix=True)
+        warm_s, _ = wl.harness(wl.config(method, seed=1), cache_prefix=True)
+        whole = whole_backbone_frozen(method, wl)
+        diff = same_scores(m_u["matrix"], [r[:i + 1] for i, r in enumerate(m_c["matrix"])])
+        say(f"(c) cache: {method} ({'whole backbone' if whole else 'bottom blocks'} frozen): uncached {uncached_s:.2f} s, "
+            f"cached {warm_s:.2f} s (first cached run {first_s:.2f} s) = {uncached_s / warm_s:.1f}x"
+            f"  (same scores: {'yes' if diff < 1e-6 else f'max diff {diff:.3g}'})")
+        if whole:
+            speedups.append(uncached_s / warm_s)
+    return min(speedups) if speedups else math.nan
+
+
+def startup_seconds() -> float:
+    """A worker process's start-up: interpreter, torch, transformers and the harness imported."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import bench.runner, bench.backbones.embedded, transformers.models.bert"],
+                   cwd=Path(__file__).resolve().parent.parent, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def makespan(durations: list[float], workers: int) -> float:
+    """Longest-first greedy assignment to `workers` (what a process pool does with a queue)."""
+    loads = [0.0] * workers
+    for d in sorted(durations, reverse=True):
+        loads[loads.index(min(loads))] += d
+    return max(loads)
+
+
+def section_leaderboard_estimate(wl: Workload, say, seeds: int = 3) -> float:
+    """One run per method at a quarter of the steps; training time scaled to the full steps, the
+    rest (evaluation, set-up) kept; then scheduled as the suite runs them: the single-task
+    references first, everything else after, on cores // 1 one-thread workers."""
+    workers = max(1, (os.cpu_count() or 1))
+    full = sum(p.steps for p in plan_tasks(wl.config("finetune")))
+    short_steps = max(1, round(full / len(plan_tasks(wl.config("finetune"))) / 4))
+    per_method = {}
+    for method in METHODS.names():
+        cfg = wl.config(method, [("steps", str(short_steps))])
+        seconds, metrics = wl.harness(cfg)
+        train = sum(metrics["time"]["train_s_per_task"])
+        scale = full / sum(p.steps for p in plan_tasks(cfg))
+        per_method[method] = seconds - train + train * scale
+    startup = startup_seconds()
+    refs = [per_method["single_task"]] * seeds if "single_task" in per_method else []
+    rest = [s for m, s in per_method.items() if m != "single_task" for _ in range(seeds)]
+    total = 2 * startup + makespan(refs, workers) + makespan(rest, workers)
+    say(f"(d) leaderboard: ESTIMATED {total:.0f} s = {total / 60:.1f} min ({len(per_method)} methods x {seeds} seeds, "
+        f"{workers} one-thread workers, from one {short_steps}-step run per method scaled to {full} steps; "
+        f"warm data cache; worker start-up {startup:.1f} s per wave). Per run (s):")
+    for method, s in sorted(per_method.items(), key=lambda kv: -kv[1]):
+        say(f"    {method:22s} {s:7.1f}")
+    return total
+
+
+def section_leaderboard(wl: Workload, say, seeds=(0, 1, 2)) -> float:
+    """The real thing: `run --methods all --seeds 0 1 2`, timed, with each method's run times."""
+    import run_bench
+    out = Path(tempfile.mkdtemp(dir=wl.scratch))
+    args = ["run", "--methods", "all", "--seeds", *map(str, seeds), "--sequence", wl.sequence,
+            "--backbone", wl.backbone, "--out", str(out), "--threads", "1", "--set", f"cache_dir={wl.cache_dir}"]
+    t0 = time.perf_counter()
+    rc = run_bench.main(args + (["--quick"] if wl.quick else []) + (["--set", f"steps={wl.steps}"] if wl.steps else []))
+    total = time.perf_counter() - t0
+    per_method = {}
+    for m in finished_runs(out):
+        per_method.setdefault(m["method"], []).append(m["time"]["total_s"])
+    say(f"(d) leaderboard: MEASURED {total:.0f} s = {total / 60:.1f} min wall (exit code {rc}); per method, "
+        "seconds per run (mean over seeds) and the sum:")
+    for method, ts in sorted(per_method.items(), key=lambda kv: -sum(kv[1])):
+        say(f"    {method:22s} {sum(ts) / len(ts):7.1f} x {len(ts)} = {sum(ts):7.1f}")
+    return total
+
+
+def section_parallel(wl: Workload, say) -> None:
+    """Two runs (finetune seeds 0 and 1, plus their single-task references, a quarter of the steps)
+    as two one-thread workers vs one two-thread worker; compared on the runs' own times (imports
+    and worker start-up excluded): side by side = the longest run of each wave, one after another =
+    the sum."""
+    import run_bench
+    steps = max(1, round(sum(p.steps for p in plan_tasks(wl.config("finetune"))) / len(plan_tasks(wl.config("finetune"))) / 4))
+    results = {}
+    for threads, workers in ((1, 2), (2, 1)):
+        out = Path(tempfile.mkdtemp(dir=wl.scratch))
+        run_bench.main(["run", "--methods", "finetune", "--seeds", "0", "1", "--sequence", wl.sequence, "--backbone",
+                        wl.backbone, "--out", str(out), "--threads", str(threads), "--workers", str(workers),
+                        "--set", f"cache_dir={wl.cache_dir}", "--set", f"steps={steps}"])
+        runs = finished_runs(out)
+        waves = [[m["time"]["total_s"] for m in runs if (m["method"] == "single_task") == ref] for ref in (True, False)]
+        results[threads] = sum(max(w) for w in waves if w) if workers == 2 else sum(sum(w) for w in waves)
+    say(f"(e) parallel: 4 runs as 2 workers x 1 thread {results[1]:.1f} s vs 1 worker x 2 threads {results[2]:.1f} s"
+        f" = {results[2] / results[1]:.2f}x faster side by side")
+
+
+def section_precision(wl: Workload, say) -> None:
+    if not wl.device.startswith("cuda"):
+        say("(f) precision: skipped (bf16 autocast and torch.compile are GPU options; device is cpu)")
+        return
+    cfg32, cfg16 = wl.config("finetune", [("val_checks", "0")]), wl.config("finetune", [("val_checks", "0"), ("precision", "bf16")])
+    r = best_of(wl.repeats, {"fp32": lambda: wl.harness(cfg32)[1], "bf16": lambda: wl.harness(cfg16)[1],
+                             "bf16+compile": lambda: wl.harness(cfg16, compile=True)[1]})
+    base = r["fp32"][0]
+    say("(f) precision: " + ", ".join(f"{k} {s:.2f} s ({base / s:.2f}x)" for k, (s, _) in r.items())
+        + f"; final avg fp32 {sum(r['fp32'][1]['matrix'][-1]) / len(r['fp32'][1]['matrix'][-1]):.1f}"
+        f" vs bf16 {sum(r['bf16'][1]['matrix'][-1]) / len(r['bf16'][1]['matrix'][-1]):.1f}")
+
+
+def fill_cache(wl: Workload) -> float:
+    """Encode every split of the workload once (image features, tokens), so no section pays for it."""
+    t0 = time.perf_counter()
+    cfg = wl.config("finetune")
+    load_workload(cfg, wl)
+    return time.perf_counter() - t0
+
+
+def main(wl: Workload, sections=SECTIONS, leaderboard: bool = False, say=print) -> dict:
+    torch.set_num_threads(wl.threads)
+    wl.scratch.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=wl.scratch, prefix="perf-"))
+    wl.scratch = scratch
+    numbers = dict.fromkeys(("overhead_ratio", "avalanche_ratio", "cache_speedup", "leaderboard_s"), math.nan)
+    try:
+        steps = [p.steps for p in plan_tasks(wl.config("finetune"))]
+        say(f"perf: sequence {wl.sequence}, backbone {wl.backbone}, {len(steps)} tasks x {steps[0]} steps, "
+            f"{wl.threads} thread(s), device {wl.device}, torch {torch.__version__}, {os.cpu_count()} cores; "
+            f"cache {wl.cache_dir}")
+        say(f"data cache filled in {fill_cache(wl):.1f} s")
+        if "a" in sections:
+            numbers["overhead_ratio"] = section_overhead(wl, say)
+        if "b" in sections:
+            numbers["avalanche_ratio"] = section_avalanche(wl, say)
+        if "c" in sections:
+            numbers["cache_speedup"] = section_cache(wl, say)
+        if leaderboard:
+            numbers["leaderboard_s"] = section_leaderboard(wl, say)
+        elif "d" in sections:
+            numbers["leaderboard_s"] = section_leaderboard_estimate(wl, say)
+        if "e" in sections:
+            section_parallel(wl, say)
+        if "f" in sections:
+            section_precision(wl, say)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    say(" ".join(f"{k}={v:.3f}" if k != "leaderboard_s" else f"{k}={v:.0f}" for k, v in numbers.items()))
+    return numbers

@@ -1,0 +1,80 @@
+"""Frozen-prefix caching (bench/prefix.py): a method declaring a frozen bottom gets the same
+numbers with the cache as without, a warm cache skips the frozen backbone entirely, and a prefix
+that is not really frozen is refused."""
+import pytest
+import torch
+
+from bench.adapters import Injector
+from bench.backbones.base import FROZEN, pooled
+from bench.data import load_split
+from bench.errors import BenchError
+from bench.method import Method
+from bench.prefix import FrozenPrefix
+from bench.registry import METHODS, TASKS
+from conftest import ToyBackbone, run_method
+
+
+@pytest.mark.parametrize("choices", [0, 3])
+def test_restarting_from_block_k_is_the_same_forward(choices):
+    backbone = ToyBackbone().freeze()
+    split = load_split(backbone, TASKS.get("vqa_color")(), "test", None, limit=6)
+    batch = split.batch(torch.arange(6))
+    if choices:  # multiple choice: text fields [B, C, L], one row per choice through the backbone
+        batch = {k: (torch.stack([v.roll(c, 0) for c in range(choices)], 1) if k in backbone.text_keys else v)
+                 for k, v in batch.items()}
+    with torch.no_grad():  # the prefix runs in eval mode by itself (in training mode here); compare with eval
+        reference = pooled(backbone.eval(), batch)
+        backbone.train()
+        n = len(backbone.layers)
+        for k, whole in [(k, False) for k in range(1, n + 1)] + [(n, True)]:
+            prefix = FrozenPrefix(backbone, k, whole, [backbone] if whole else backbone.prefix_modules(k), "fp32")
+            state = prefix.state(batch)
+            backbone.eval()  # the upper blocks: no dropout, to compare
+            assert torch.allclose(pooled(backbone, {**batch, **state}), reference, atol=1e-6), (k, whole)
+            backbone.train()
+
+
+@pytest.mark.parametrize("method", ["frozen", "freeze_bottom_k"])
+def test_cached_and_uncached_prefix_give_the_same_numbers(method, tmp_path, cache_dir):
+    uncached = run_method(method, tmp_path / "a", cache_dir, cache_prefix=False)
+    cached = run_method(method, tmp_path / "b", cache_dir)
+    assert uncached["run_id"] == cached["run_id"]  # caching is not part of a run's identity
+    for row_u, row_c in zip(uncached["matrix"], cached["matrix"]):
+        assert row_c == pytest.approx(row_u, abs=1e-6)
+    assert list((cache_dir / "prefix").rglob("*.pt"))
+
+
+def test_a_warm_prefix_cache_never_runs_the_frozen_backbone(tmp_path, monkeypatch):
+    calls = []
+    forward = ToyBackbone.forward
+    monkeypatch.setattr(ToyBackbone, "forward", lambda self, batch: calls.append(1) or forward(self, batch))
+    run_method("frozen", tmp_path / "a", tmp_path / "cache", steps=2)
+    assert calls  # the first run computes the pooled features once
+    calls.clear()
+    run_method("frozen", tmp_path / "b", tmp_path / "cache", steps=2, seed=1)
+    assert not calls  # the second trains and evaluates its heads on them
+
+
+def test_a_corrupt_prefix_entry_is_recomputed(tmp_path):
+    first = run_method("frozen", tmp_path / "a", tmp_path / "cache", steps=2)
+    for f in (tmp_path / "cache" / "prefix").rglob("*.pt"):
+        f.write_bytes(b"\0" * 64)
+    again = run_method("frozen", tmp_path / "b", tmp_path / "cache", steps=2)
+    assert again["matrix"] == first["matrix"]
+
+
+class DeclaresOneFrozenBlock(Method):
+    def frozen_prefix(self):
+        return 1
+
+
+def test_a_prefix_that_is_not_frozen_is_refused():
+    tasks = [TASKS.get("vqa_color")()]
+    with pytest.raises(BenchError, match="trainable"):
+        FrozenPrefix.of(DeclaresOneFrozenBlock(ToyBackbone(), tasks))  # nothing frozen
+    method = DeclaresOneFrozenBlock(ToyBackbone().freeze(), tasks)
+    assert FrozenPrefix.of(method) is not None
+    Injector(method.backbone)  # adapters hook every block, the bottom one too
+    with pytest.raises(BenchError, match="hooks"):
+        FrozenPrefix.of(method)
+    assert METHODS.get("finetune")(ToyBackbone(), tasks).frozen_prefix() == 0
