@@ -1,8 +1,44 @@
-"""Name -> object registries filled by decorators; modules are imported lazily on first lookup."""
-import importlib
-import pkgutil
+"""Name -> object registries filled by decorators; modules are imported lazily on first lookup.
 
-from bench.errors import did_you_mean
+Out-of-tree methods, tasks and backbones are plugins: modules (or .py files) named in the
+environment variable MMCL_PLUGINS (comma-separated), imported before the first lookup in every
+process (the CLI, local workers, Slurm jobs and Ray tasks inherit the variable), where they
+register themselves with the same decorators. Nothing else imports code named by a user: sequence
+files and --set values are data."""
+import importlib
+import importlib.util
+import os
+import pkgutil
+import sys
+from pathlib import Path
+
+from bench.errors import BenchError, did_you_mean
+
+PLUGINS_ENV = "MMCL_PLUGINS"
+
+
+def import_plugins() -> None:
+    for entry in filter(None, (e.strip() for e in os.environ.get(PLUGINS_ENV, "").split(","))):
+        if entry.endswith(".py"):
+            path = Path(entry).expanduser().resolve()
+            name = f"mmcl_plugin_{path.stem}"
+            if name in sys.modules:
+                continue
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or not path.exists():
+                raise BenchError(f"{PLUGINS_ENV}: plugin file {path} not found")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module  # before running it, so a plugin that looks names up does not recurse
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+        else:
+            try:
+                importlib.import_module(entry)
+            except ModuleNotFoundError as e:
+                raise BenchError(f"{PLUGINS_ENV}: cannot import plugin module '{entry}' ({e})") from None
 
 
 class Registry:
@@ -25,6 +61,7 @@ class Registry:
         if self._loaded:
             return
         self._loaded = True
+        import_plugins()
         for package in self.packages:
             pkg = importlib.import_module(package)
             for info in pkgutil.iter_modules(pkg.__path__):

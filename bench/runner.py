@@ -1,5 +1,6 @@
 """One run: a method through a sequence. Evaluates after every task, checkpoints after every
 task, resumes from the last finished task, and writes `DONE` last."""
+import copy
 import fcntl
 import os
 import platform
@@ -23,7 +24,7 @@ from bench.evaluate import score
 from bench.precision import compile_backbone
 from bench.prefix import FrozenPrefix
 from bench.registry import METHODS, TASKS
-from bench.store import is_done, load_tensors, read_json, runs_dir, save_tensors, write_json, write_text
+from bench.store import load_tensors, read_done, remove_partial_files, runs_dir, save_tensors, write_json, write_text
 from bench.train import fit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,43 +57,88 @@ def provenance(cfg: RunConfig, device: str) -> dict:
     return {"config": cfg.identity(), "versions": versions, "git": git, "host": platform.node(), "device": device}
 
 
+class RunBusy(Exception):
+    """Another process holds the run's lock (raised only when the caller chose not to wait)."""
+
+
 @contextmanager
-def run_lock(run_dir: Path):
-    """An exclusive lock per run: a second process on the same run skips it instead of training it twice."""
+def run_lock(run_dir: Path, wait: bool = True, log=print):
+    """An exclusive lock per run, so two processes never train the same run. It is an flock: the
+    kernel releases it when its holder dies, even by SIGKILL, so a lock is never stale. Yields
+    True when another process held it first: the caller then picks up that process's result, or
+    resumes its checkpoint if it died. With wait=False a held lock raises RunBusy instead."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "lock", "w") as f:
+    with open(run_dir / "lock", "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
         except BlockingIOError:
-            raise BenchError(f"run {run_dir.name} is being trained by another process") from None
-        yield
+            if not wait:
+                raise RunBusy(run_dir.name) from None
+            log(f"[{run_dir.name}] being trained by another process; waiting for it")
+            fcntl.flock(f, fcntl.LOCK_EX)
+            waited = True
+        yield waited
+
+
+def check_modalities(backbone_cls, spec: str, tasks) -> None:
+    """A task needs the encoders of its modalities: a backbone without `encode_images` cannot run
+    an image or vision-language task, one without `encode_texts` a text or vision-language task."""
+    from bench.backbones.base import Backbone
+    for task in tasks:
+        for needed, name in (("vl image", "encode_images"), ("vl text", "encode_texts")):
+            if task.kind in needed.split() and getattr(backbone_cls, name, None) in (None, getattr(Backbone, name)):
+                modality = name.removeprefix("encode_")
+                raise BenchError(f"backbone '{spec}' cannot encode {modality} for task '{task.name}' (kind '{task.kind}')")
 
 
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise BenchError(f"unknown device '{device}' (expected auto, cpu, cuda or cuda:<index>)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"device '{device}' requested but CUDA is not available on {platform.node()}")
     return device
 
 
 def execute(cfg: RunConfig, out, *, device: str = "auto", threads: int | None = None,
-            cache_dir=None, log=print, cache_prefix: bool = True, compile: bool = False) -> dict:
+            cache_dir=None, log=print, **speed) -> dict:
     """Run `cfg` (or return its finished metrics). Raises BenchError on bad input or a non-finite loss."""
+    return execute_run(cfg, out, device=device, threads=threads, cache_dir=cache_dir, log=log, **speed)[1]
+
+
+def execute_run(cfg: RunConfig, out, *, device: str = "auto", threads: int | None = None,
+                cache_dir=None, wait: bool = True, log=print, cache_prefix: bool = True,
+                compile: bool = False) -> tuple[str, dict]:
+    """Run `cfg`; returns (status, metrics) with status "done" (finished before), "waited" (another
+    process finished it while this one waited for the lock), "resumed" (continued from the last
+    finished task of a killed attempt) or "trained". With wait=False raises RunBusy instead of
+    waiting for another process."""
     run_dir = runs_dir(out) / cfg.run_id
-    if is_done(run_dir):
-        return read_json(run_dir / "metrics.json")
+    done = read_done(run_dir)
+    if done is not None:
+        return "done", done
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(device)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    with run_lock(run_dir):
-        if is_done(run_dir):
-            return read_json(run_dir / "metrics.json")
+    with run_lock(run_dir, wait, log) as waited:
+        done = read_done(run_dir)
+        if done is not None:
+            return ("waited" if waited else "done"), done
+        if (run_dir / "DONE").exists():
+            log(f"[{cfg.run_id}] DONE but its metrics.json is unreadable: redoing the run")
+            (run_dir / "DONE").unlink()
+        remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.identity())
         return _execute(cfg, run_dir, device, cache_dir, log, cache_prefix, compile)
 
 
 def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
-             cache_prefix: bool = True, compile: bool = False) -> dict:
+             cache_prefix: bool = True, compile: bool = False) -> tuple[str, dict]:
     started = time.time()
     plans = plan_tasks(cfg)
     tasks = [TASKS.get(p.name)() for p in plans]
@@ -102,9 +148,7 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
         task.prepare(cfg.data_root)  # label spaces that live in the files (answer vocabularies, class folders)
     method_cls = METHODS.get(cfg.method)
     backbone = build_backbone(cfg.backbone)
-    for task in tasks + down_tasks:
-        if task.kind == "image" and not hasattr(backbone, "encode_images"):
-            raise BenchError(f"backbone '{cfg.backbone}' cannot encode images for task '{task.name}'")
+    check_modalities(type(backbone), cfg.backbone, tasks + down_tasks)
     method = build_method(cfg, method_cls, backbone, tasks, device)
 
     def split(task, p, name):
@@ -118,18 +162,23 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
     down_data = [{name: split(task, p, name) for name in ("train", "val", "test")} for task, p in zip(down_tasks, down_plans)]
     upstream_data = data  # as loaded: downstream methods are fresh, without this method's frozen prefix
     method.train_data = data["train"]
+    # The checkpoint holds the weights and the progress together (one atomic file, so they always
+    # agree); progress.json is a copy for people to read and is never read back.
     progress_path, ckpt_path = run_dir / "progress.json", run_dir / "checkpoint.pt"
     progress = {"rows": [], "train_s": [], "trainable": [], "fit": [], "downstream": []}
-    if progress_path.exists() and ckpt_path.exists():
+    resumed = False
+    if ckpt_path.exists():
+        initial = copy.deepcopy(method.state_dict())
         try:
-            saved = read_json(progress_path)
             state = load_tensors(ckpt_path)
-            if state["finished"] == len(saved["rows"]):
-                method.load_state_dict(state["method"])
-                progress = saved
-                log(f"[{cfg.run_id}] resuming after task {len(progress['rows'])}/{T}")
+            if state["finished"] != len(state["progress"]["rows"]):
+                raise ValueError("progress does not match the weights")
+            method.load_state_dict(state["method"])
+            progress, resumed = state["progress"], True
+            log(f"[{cfg.run_id}] resuming after task {len(progress['rows'])}/{T}")
         except Exception as e:  # a partial or corrupt checkpoint is redone, not read
-            log(f"[{cfg.run_id}] ignoring unreadable checkpoint ({type(e).__name__}); starting over")
+            method.load_state_dict(initial)  # undo a load that failed half-way
+            log(f"[{cfg.run_id}] ignoring unreadable checkpoint ({type(e).__name__}: {e}); starting over")
     prefix = FrozenPrefix.of(method, cfg.precision, log)  # after resuming: the prefix's weights are final
     if prefix is not None:  # computed once per example (cached on disk), or per batch without the cache
         attach = (lambda s: prefix.attach(s, cache_dir, cfg.eval_batch_size)) if cache_prefix else prefix.on_the_fly
@@ -154,20 +203,20 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
         progress["train_s"] += [train_s / len(group)] * len(group)
         progress["trainable"] += [trainable] * len(group)
         progress["fit"] += stage_costs
-        save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": method.state_dict()})
+        save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": method.state_dict(), "progress": progress})
         write_json(progress_path, progress)
         log(f"[{cfg.run_id}] task {i + 1}/{T} {names}: "
             + " ".join("-" if v is None else f"{v:.1f}" for v in row) + f"  ({train_s:.1f}s)")
     progress.setdefault("downstream", [])
     for task, plan, task_data in list(zip(down_tasks, down_plans, down_data))[len(progress["downstream"]):]:
         progress["downstream"].append(learn_downstream(cfg, method, tasks, plans, upstream_data, task, plan, task_data, device))
-        save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": method.state_dict()})
+        save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": method.state_dict(), "progress": progress})
         write_json(progress_path, progress)
         log(f"[{cfg.run_id}] downstream {task.name}: {progress['downstream'][-1]['score']:.1f}")
     result = finish(cfg, run_dir, progress, tasks, method, device, time.time() - started)
     if os.environ.get("MMCL_KEEP_CHECKPOINT", "1") == "0":
         ckpt_path.unlink(missing_ok=True)
-    return result
+    return ("resumed" if resumed else "trained"), result
 
 
 def build_method(cfg: RunConfig, method_cls, backbone, tasks, device: str):
@@ -237,16 +286,14 @@ def single_task_scores(cfg: RunConfig, run_dir: Path, A) -> list | None:
     if cfg.method == "single_task":
         return [A[j][j] for j in range(len(A))]
     ref_dir = run_dir.parent / reference_config(cfg).run_id
-    if not is_done(ref_dir):
-        return None
-    return read_json(ref_dir / "metrics.json")["single_task"]
+    ref = read_done(ref_dir)
+    return None if ref is None else ref["single_task"]
 
 
 def downstream_transfer(cfg: RunConfig, run_dir: Path, downstream: list[dict]) -> list[dict]:
     """Each downstream score with CLiMB's transfer against the single-task reference's (the
     pretrained backbone learning the same low-shot task): 100 (score - S) / (S - R)."""
-    ref = read_json(run_dir.parent / reference_config(cfg).run_id / "metrics.json") \
-        if cfg.method != "single_task" and is_done(run_dir.parent / reference_config(cfg).run_id) else None
+    ref = read_done(run_dir.parent / reference_config(cfg).run_id) if cfg.method != "single_task" else None
     ref_scores = {d["task"]: d["score"] for d in (ref or {}).get("downstream", [])}
     out = []
     for d in downstream:

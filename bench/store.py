@@ -1,4 +1,7 @@
-"""Results store: one directory per run, every write atomic (temp file + rename)."""
+"""Results store: one directory per run, every write atomic (temp file + rename), so a reader
+sees a whole file or none; a run counts as finished only when its DONE marker and a readable
+metrics.json of the same run agree (`read_done`)."""
+import errno
 import json
 import os
 import tempfile
@@ -6,19 +9,51 @@ from pathlib import Path
 
 import torch
 
+from bench.errors import BenchError
+
+# Errors of the storage itself (full disk, quota, read-only or forbidden directory): every other run
+# would hit them too, so they stop the suite instead of being recorded as one run's failure.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST)
+
+
+class StorageError(BenchError):
+    """The results directory cannot be written."""
+
 
 def _atomic(path: Path, write):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp = None
+        _fsync_dir(path.parent)  # the rename itself survives a power cut
+    except OSError as e:
+        if e.errno in STORAGE_ERRNOS:
+            raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+    finally:
+        if tmp is not None:  # never leave a partial file behind
+            Path(tmp).unlink(missing_ok=True)
+
+
+def remove_partial_files(directory: Path) -> None:
+    """Delete temp files that a writer killed mid-write (SIGKILL, power cut) left behind; call only
+    while holding the lock of everything written in `directory`."""
+    for tmp in Path(directory).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, obj) -> None:
@@ -46,13 +81,39 @@ def runs_dir(out) -> Path:
     return Path(out) / "runs"
 
 
+def read_done(run_dir: Path) -> dict | None:
+    """The metrics of a finished run, or None when the run is not finished or its files do not
+    agree (DONE without a readable metrics.json of this run): such a run is redone, never read."""
+    try:
+        marker = (run_dir / "DONE").read_text().strip()
+        metrics = read_json(run_dir / "metrics.json")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict) or not marker or metrics.get("run_id") != marker:
+        return None
+    return metrics
+
+
 def is_done(run_dir: Path) -> bool:
-    return (run_dir / "DONE").exists() and (run_dir / "metrics.json").exists()
+    return read_done(run_dir) is not None
 
 
 def finished_runs(out) -> list[dict]:
-    """metrics.json of every run with a DONE marker (partial runs are never read)."""
+    """metrics.json of every finished run (partial or corrupt runs are never read)."""
     root = runs_dir(out)
     if not root.exists():
         return []
-    return [read_json(d / "metrics.json") for d in sorted(root.iterdir()) if is_done(d)]
+    return [m for m in (read_done(d) for d in sorted(root.iterdir()) if d.is_dir()) if m is not None]
+
+
+def check_writable(out) -> None:
+    """Fail before anything runs when the results directory cannot be written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StorageError(f"output directory {out} is a file")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"cannot create output directory {out}: {e.strerror or e}") from None
+    write_text(out / ".write-test", "")
+    (out / ".write-test").unlink()
