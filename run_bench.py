@@ -19,15 +19,16 @@ def cmd_list(args):
 
 def cmd_run(args):
     from bench.config import parse_sets
+    from bench.executors import executor_sets, make_executor, summarize
     from bench.report import write_report
     from bench.suite import ExecOptions, execute_suite, plan
-    sets = parse_sets(args.set)
-    execs = {k: v for k, v in sets if k in ("device", "threads", "workers", "cache_dir")}
-    opts = ExecOptions(out=args.out, device=execs.get("device", "auto"), threads=int(execs.get("threads", args.threads)),
-                       workers=int(execs["workers"]) if "workers" in execs else args.workers,
-                       cache_dir=execs.get("cache_dir"))
+    sets, executor_options = executor_sets(parse_sets(args.set))
+    opts = ExecOptions.from_sets(sets, out=args.out, threads=args.threads, workers=args.workers)
+    executor = make_executor(args.executor, opts, executor_options)
     waves = plan(args.methods, args.seeds, sets, sequence=args.sequence, backbone=args.backbone, quick=args.quick)
-    failures = execute_suite(waves, opts, args.executor)
+    outcomes = execute_suite(waves, executor)
+    print(summarize(outcomes))
+    failures = [o for o in outcomes if o.status == "failed"]
     report = write_report(args.out)
     print(report["table"].to_string(index=False))
     print(f"\nleaderboard: {report['paths'][1]} (.csv, .tex beside it); figures: {os.path.join(args.out, 'figures')}")
@@ -55,8 +56,16 @@ def cmd_perf(args):
     perf(wl, args.sections, leaderboard=args.leaderboard)
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Command-line mistakes get the same one-line `error: ...` as every other bad input."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="run_bench.py", description="multimodal continual-learning benchmark")
+    p = OneLineErrorParser(prog="run_bench.py", description="multimodal continual-learning benchmark")
     sub = p.add_subparsers(dest="cmd", required=True)
     ls = sub.add_parser("list", help="list registered names")
     ls.add_argument("what", choices=["methods", "tasks", "sequences", "backbones"])
@@ -67,7 +76,8 @@ def main(argv=None):
     run.add_argument("--seeds", nargs="+", type=int, default=[0])
     run.add_argument("--out", default="results")
     run.add_argument("--quick", action="store_true", help="cap data and steps: a smoke run in about a minute")
-    run.add_argument("--executor", default="local", choices=["local", "slurm", "ray"])
+    run.add_argument("--executor", default="local", help="local (process pool), slurm (submitit) or ray; "
+                     "their options: --set slurm.partition=gpu, --set ray.address=auto, ...")
     run.add_argument("--threads", type=int, default=1, help="torch threads per run")
     run.add_argument("--workers", type=int, default=None, help="parallel runs (default: cores // threads)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

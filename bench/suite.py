@@ -1,16 +1,14 @@
 """A suite: methods x seeds on one sequence/backbone. Plans run configs (adding the single-task
 references that transfer needs, run first), and executes them through an executor."""
-import os
-import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import typing
 from dataclasses import dataclass
 
-from tqdm import tqdm
-
-from bench.config import RunConfig, plan_tasks, resolve, validate_set_owners
+from bench.config import TASK_OPTIONS, RunConfig, TaskPlan, _coerce, plan_tasks, resolve, validate_set_owners
 from bench.errors import BenchError
 from bench.registry import BACKBONES, METHODS, TASKS
-from bench.store import runs_dir, write_text
+from bench.store import check_writable, is_done, runs_dir
+
+MAX_SEED = 2 ** 32 - 1  # numpy's limit, for methods that seed it
 
 
 @dataclass
@@ -23,6 +21,19 @@ class ExecOptions:
     cache_prefix: bool = True     # compute a method's frozen backbone prefix once per example (bench/prefix.py)
     compile: bool = False         # torch.compile the backbone (GPUs)
 
+    @classmethod
+    def from_sets(cls, sets: list[tuple[str, str]], **flags) -> "ExecOptions":
+        """Options from command-line flags, overridden by `--set device=... threads=... workers=... cache_dir=...`."""
+        hints = typing.get_type_hints(cls)
+        values = {k: v for k, v in flags.items() if v is not None}
+        values.update({k: _coerce(k, raw, hints[k]) for k, raw in sets if k in hints and k != "out"})
+        opts = cls(**values)
+        for key in ("threads", "workers"):
+            value = getattr(opts, key)
+            if value is not None and value < 1:
+                raise BenchError(f"bad {key}={value}: must be an integer >= 1")
+        return opts
+
 
 def plan(methods: list[str], seeds: list[int], sets: list[tuple[str, str]], **base) -> list[list[RunConfig]]:
     """Waves of runs: wave 0 holds the single-task references, wave 1 everything else."""
@@ -32,68 +43,76 @@ def plan(methods: list[str], seeds: list[int], sets: list[tuple[str, str]], **ba
         METHODS.get(m)  # did-you-mean for unknown names before anything runs
     validate_set_owners(sets, known)
     for s in seeds:
-        if not isinstance(s, int) or s < 0:
-            raise BenchError(f"seeds must be non-negative integers, got {s}")
+        if not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+            raise BenchError(f"seeds must be integers from 0 to {MAX_SEED}, got {s}")
     from bench.runner import reference_config
     runs = [resolve(m, METHODS.get(m), sets, seed=s, **base) for s in seeds for m in methods]
-    for cfg in runs[:1]:  # names in the sequence and the backbone are checked before anything runs
-        for task in plan_tasks(cfg) + plan_tasks(cfg, "downstream"):
-            TASKS.get(task.name)
-        BACKBONES.get(cfg.backbone.partition(":")[0])
+    for cfg in runs[:1]:  # names, values and modalities are checked before anything runs
+        check_config(cfg)
     refs = {r.run_id: r for r in (reference_config(c) for c in runs)}
     rest = [r for r in runs if r.run_id not in refs]
     return [list(refs.values()), rest]
 
 
-def _run_one(cfg: RunConfig, opts: ExecOptions):
-    """Worker entry: returns (run_id, error message or None); never raises, so one failed run
-    does not stop the suite."""
-    from bench.runner import execute
-    failed = runs_dir(opts.out) / cfg.run_id / "FAILED"
-    try:
-        execute(cfg, opts.out, device=opts.device, threads=opts.threads, cache_dir=opts.cache_dir,
-                cache_prefix=opts.cache_prefix, compile=opts.compile)
-        failed.unlink(missing_ok=True)
-        return cfg.run_id, None
-    except BenchError as e:
-        err = str(e)
-    except Exception as e:  # recorded, reported, and the rest of the suite goes on
-        err = f"{type(e).__name__}: {e} ({traceback.format_exc(limit=-1).splitlines()[1].strip()})"
-    write_text(failed, err + "\n")
-    return cfg.run_id, err
+# (field, check, rule) for run settings and per-task options, from --set or a sequence file
+_RANGES = [
+    (("batch_size", "eval_batch_size", "val_checks", "steps", "val_size"), lambda v: type(v) is int and v >= 1,
+     "an integer >= 1"),
+    (("train_cap", "test_cap"), lambda v: v is None or (type(v) is int and v >= 1), "an integer >= 1"),
+    (("lr", "head_lr", "shots"), lambda v: v is None or (type(v) in (int, float) and v > 0), "a number > 0"),
+    (("grad_clip",), lambda v: type(v) in (int, float) and v > 0, "a number > 0"),
+    (("weight_decay",), lambda v: type(v) in (int, float) and v >= 0, "a number >= 0"),
+    (("warmup",), lambda v: type(v) in (int, float) and 0 <= v <= 1, "a number from 0 to 1"),
+]
 
 
-def run_local(waves: list[list[RunConfig]], opts: ExecOptions) -> dict:
-    """Process pool sized to the cores, `opts.threads` torch threads per run (no oversubscription)."""
-    workers = opts.workers or max(1, (os.cpu_count() or 1) // max(1, opts.threads))
-    failures = {}
-    total = sum(len(w) for w in waves)
-    with tqdm(total=total, desc="runs", disable=None) as bar:
-        for wave in waves:
-            if workers == 1 or len(wave) == 1:
-                results = (_run_one(cfg, opts) for cfg in wave)
-                for run_id, err in results:
-                    _record(run_id, err, failures, bar)
+def check_config(cfg: RunConfig) -> list[TaskPlan]:
+    """What would make the run fail at once, checked without loading anything: the sequence file,
+    task and backbone names, value ranges, and that the backbone encodes every task's modalities."""
+    from bench.runner import check_modalities
+    plans = plan_tasks(cfg)
+    every = plans + plan_tasks(cfg, "downstream")
+    for keys, ok, rule in _RANGES:
+        for key in keys:
+            for owner in every if key in TASK_OPTIONS else [cfg]:  # --set task options are applied to the plans
+                value = getattr(owner, key)
+                if not ok(value):
+                    where = f" (task '{owner.name}')" if owner is not cfg else ""
+                    raise BenchError(f"bad {key}={value!r}{where}: must be {rule}")
+    backbone_cls = BACKBONES.get(cfg.backbone.partition(":")[0])
+    tasks = [TASKS.get(p.name)() for p in every]
+    if isinstance(backbone_cls, type):
+        check_modalities(backbone_cls, cfg.backbone, tasks)
+    return plans
+
+
+def check_data(waves: list[list[RunConfig]]) -> None:
+    """Read every task's examples once (per data options) for the runs to do, so a missing
+    data_root, a malformed annotation file or an empty split is one error before anything runs,
+    not the same failure in every run."""
+    seen = set()
+    for cfg in (c for wave in waves for c in wave):
+        for p in plan_tasks(cfg) + plan_tasks(cfg, "downstream"):
+            key = (p.name, cfg.data_root, p.train_cap, p.test_cap, p.val_size, p.shots, cfg.seed if p.shots else None)
+            if key in seen:
                 continue
-            import multiprocessing as mp
-            with ProcessPoolExecutor(min(workers, len(wave)), mp_context=mp.get_context("spawn")) as pool:
-                for fut in as_completed([pool.submit(_run_one, cfg, opts) for cfg in wave]):
-                    _record(*fut.result(), failures, bar)
-    return failures
+            seen.add(key)
+            task = TASKS.get(p.name)()
+            for split, limit in (("train", p.train_cap), ("val", None), ("test", p.test_cap)):
+                examples = task.load(split, limit=limit, shots=p.shots if split == "train" else None, seed=cfg.seed,
+                                     data_root=cfg.data_root, val_size=p.val_size)
+                if not examples:
+                    raise BenchError(f"task '{p.name}' has no {split} examples (check data_root, shots and caps)")
 
 
-def _record(run_id, err, failures, bar):
-    bar.update(1)
-    if err:
-        failures[run_id] = err
-        tqdm.write(f"FAILED {run_id}: {err}")
-
-
-EXECUTORS = {"local": run_local}
-
-
-def execute_suite(waves, opts: ExecOptions, executor: str = "local") -> dict:
-    if executor not in EXECUTORS:
-        from bench.errors import did_you_mean
-        raise did_you_mean(executor, EXECUTORS, "executor")
-    return EXECUTORS[executor](waves, opts)
+def execute_suite(waves: list[list[RunConfig]], executor) -> list:
+    """Check the output directory and the data, then send the runs not yet done through
+    `executor` (a `bench.executors.Executor`); returns one Outcome per run."""
+    from bench.executors import Outcome
+    out = executor.opts.out
+    check_writable(out)
+    done = [Outcome(c.run_id, "done") for wave in waves for c in wave if is_done(runs_dir(out) / c.run_id)]
+    finished = {o.run_id for o in done}
+    todo = [[c for c in wave if c.run_id not in finished] for wave in waves]
+    check_data(todo)
+    return done + executor.run([wave for wave in todo if wave])

@@ -1,0 +1,61 @@
+"""`ray`: one Ray task per run, on a running Ray cluster or on a local instance started for the
+suite. A run whose worker or node dies is retried by Ray (`max_retries`) and resumes from its last
+finished task. (This module is `bench.executors.ray`; `import ray` below is the Ray package.)"""
+import os
+from dataclasses import dataclass
+
+from bench.errors import BenchError
+from bench.executors import EXECUTORS, Executor, record_failure, run_one
+from bench.registry import PLUGINS_ENV
+from bench.store import StorageError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FORWARDED_ENV = (PLUGINS_ENV, "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM", "MMCL_KEEP_CHECKPOINT")
+
+
+@EXECUTORS.register("ray")
+class RayExecutor(Executor):
+    @dataclass
+    class Options:
+        address: str | None = None   # a running cluster ("auto": the one this node belongs to); None: RAY_ADDRESS or a new local instance
+        num_cpus: float | None = None  # per run; default: --threads
+        num_gpus: float = 0.0          # per run
+        max_retries: int = 3           # retries of a run whose worker or node died
+        working_dir: str | None = None  # ship this directory to the workers (when the repo is not on a shared filesystem)
+
+    def run(self, waves):
+        try:
+            import ray
+        except ImportError:
+            raise BenchError("executor 'ray' needs the ray package: pip install -r requirements-ray.txt") from None
+        o = self.options
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+        runtime_env = {"env_vars": env, **({"working_dir": o.working_dir} if o.working_dir else {})}
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(address=o.address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=True)
+        remote = ray.remote(run_one).options(num_cpus=o.num_cpus or self.opts.threads, num_gpus=o.num_gpus,
+                                             max_retries=o.max_retries, retry_exceptions=False)
+        outcomes = []
+        try:
+            for wave in waves:
+                by_ref = {remote.remote(cfg, self.opts): cfg for cfg in wave}
+                pending = list(by_ref)
+                while pending:
+                    ready, pending = ray.wait(pending, num_returns=1)
+                    outcomes.append(self._outcome(ray, ready[0], by_ref[ready[0]]))
+        finally:
+            if started_here:
+                ray.shutdown()
+        return outcomes
+
+    def _outcome(self, ray, ref, cfg):
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, StorageError):
+                raise e.cause from None
+            return record_failure(self.opts, cfg.run_id, f"{type(e.cause).__name__}: {e.cause}")
+        except ray.exceptions.RayError as e:  # worker or node died more than max_retries times
+            return record_failure(self.opts, cfg.run_id, f"{type(e).__name__}: {str(e).splitlines()[0]}")

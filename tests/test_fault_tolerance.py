@@ -1,0 +1,85 @@
+"""Resume anywhere: a `--quick` suite SIGKILLed at random points (its whole process group),
+several times, then run again with the same command, ends with the leaderboard of an
+uninterrupted run; finished runs are never recomputed."""
+import csv
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+# The toy backbone lives in conftest.py; MMCL_PLUGINS makes the CLI and its workers register it.
+ENV = {**os.environ, "MMCL_PLUGINS": str(ROOT / "tests" / "conftest.py"), "PYTHONUNBUFFERED": "1"}
+SUITE = ["run", "--quick", "--backbone", "toy", "--methods", "finetune", "adapter", "--set", "steps=3", "--workers", "1"]
+TASK_LINE = re.compile(r"^\[([\w.-]+)\] task \d/4 ", re.M)
+TIME_COLUMNS = {"train_s", "total_s"}  # wall-clock, differs between any two runs
+
+
+def start(out):
+    return subprocess.Popen([sys.executable, str(ROOT / "run_bench.py"), *SUITE, "--out", str(out)], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def finish(out):
+    proc = start(out)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log[-3000:]
+    return log
+
+
+def kill_after_tasks(out, n_tasks: int, extra_s: float) -> int:
+    """Start the suite and SIGKILL its whole process group `extra_s` after its n-th finished task;
+    returns how many tasks it reported finished."""
+    proc = start(out)
+    seen = 0
+    for line in proc.stdout:
+        seen += TASK_LINE.search(line) is not None
+        if seen >= n_tasks:
+            time.sleep(extra_s)
+            break
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it had already finished
+        pass
+    proc.wait()
+    proc.stdout.close()
+    return seen
+
+
+def table(out) -> list[dict]:
+    with open(out / "leaderboard.csv") as f:
+        return [{k: v for k, v in row.items() if k not in TIME_COLUMNS} for row in csv.DictReader(f)]
+
+
+def matrices(out) -> dict:
+    runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*/metrics.json")]
+    return {r["run_id"]: (r["matrix"], r["summary"], r["params"]) for r in runs}
+
+
+def test_sigkilled_suite_resumes_to_the_uninterrupted_leaderboard(tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    import run_bench  # the uninterrupted reference runs in-process (same code, one start-up less)
+    assert run_bench.main([*SUITE, "--out", str(reference)]) == 0
+    rng = random.Random(0)
+    finished_tasks = 0
+    # 3 runs x 4 tasks: kill after a random number of finished tasks (counted over all attempts),
+    # a random fraction of a second later, i.e. anywhere in the next task or between two runs
+    for target in sorted(rng.sample(range(1, 10), 3)):
+        finished_tasks += kill_after_tasks(killed, max(1, target - finished_tasks), rng.uniform(0, 0.5))
+        assert not (killed / "leaderboard.csv").exists(), "killed before the end, so no report yet"
+    done_before = {d.name for d in (killed / "runs").iterdir() if (d / "DONE").exists()}
+    log = finish(killed)
+    assert "resuming after task" in log, "some run was killed mid-sequence and resumed"
+    retrained = {m.group(1) for m in TASK_LINE.finditer(log)} & done_before
+    assert not retrained, "finished runs are never recomputed"
+    if done_before:
+        assert f"{len(done_before)} already done" in log
+    assert table(killed) == table(reference)
+    assert matrices(killed) == matrices(reference)
+    assert not list((killed / "runs").rglob(".*.tmp")), "files half-written when killed are cleaned up"
