@@ -72,6 +72,11 @@ def test_vilt_processor_pixels_and_tokens_are_the_processors_own(backbones, tiny
     ref = AutoImageProcessor.from_pretrained(path)(IMAGES, return_tensors="pt")  # normalised, padded, masked
     pixels = b.encode_images(IMAGES)
     assert pixels.dtype == torch.uint8 and pixels.shape[1] == 4
+    # one fixed canvas whatever the aspect ratio (the per-image cache stacks images of an encoding)
+    assert pixels.shape[2:] == b.encode_images(IMAGES[:1]).shape[2:] == (b.canvas, b.canvas)
+    H, W = ref["pixel_mask"].shape[1:]
+    assert not pixels[:, 3, H:].any() and not pixels[:, 3, :, W:].any()
+    pixels = pixels[:, :, :H, :W]
     assert torch.equal(pixels[:, 3].long(), ref["pixel_mask"])
     mask = ref["pixel_mask"][:, None].bool()
     assert torch.allclose(b.normalize(pixels[:, :3]) * mask, ref["pixel_values"] * mask, atol=1e-6)
@@ -188,7 +193,8 @@ def test_vilt_encodes_each_image_with_the_text_and_concatenates(backbones):
 
 def test_vilt_text_only_task_feeds_the_mean_image(backbones):
     b = backbones["vilt"]
-    assert b.mean_image.shape[0] == 1 and bool(b.mean_image[:, 3].all())
+    side = b.processor.size["shortest_edge"]
+    assert b.mean_image.shape == (1, 4, b.canvas, b.canvas) and int(b.mean_image[0, 3].sum()) == side * side
     assert torch.equal(b.mean_image[0, :3, 0, 0], torch.tensor([124, 116, 104], dtype=torch.uint8))
 
 

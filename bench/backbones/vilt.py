@@ -10,8 +10,9 @@ load from that source. As in CLiMB's `ViltEncoderWrapper` / `ViltContinualLearne
   available here; we feed a flat image of the ImageNet mean colour, the limit of such an average;
 - image-only tasks: the image with an empty text ([CLS] [SEP]);
 - text: at most `max_position_embeddings` (40) tokens; images: the processor's resize (shorter
-  edge 384, longer at most 640, multiples of 32), padded to the largest image of the split with a
-  pixel mask, as ViltProcessor pads a batch.
+  edge 384, longer at most 1333/800 of it, multiples of 32), zero-padded with a pixel mask as
+  ViltProcessor pads a batch, to a fixed L x L canvas (L = that longest edge, 608) so that every
+  image of an encoding has one shape in the per-image cache; ViLT embeds only the masked-in patches.
 Adapters attach after `attention.output.dense` and `output.dense` of every layer (CLiMB's
 `Adaptered_ViltOutput` puts them on the same outputs).
 """
@@ -29,12 +30,10 @@ IMAGENET_MEAN_RGB = (124, 116, 104)  # (0.485, 0.456, 0.406) x 255
 IMAGE_TYPES = 2  # modality types for images after CLiMB's expansion: one per image of an NLVR2 pair
 
 
-def pad_with_mask(images: list[torch.Tensor]) -> torch.Tensor:
-    """uint8 [3, h, w] images of varying size -> [M, 4, H, W]: RGB zero-padded bottom/right to the
-    largest size, channel 3 the pixel mask (1 = real pixel)."""
-    H = max(im.shape[1] for im in images)
-    W = max(im.shape[2] for im in images)
-    out = torch.zeros(len(images), 4, H, W, dtype=torch.uint8)
+def pad_with_mask(images: list[torch.Tensor], side: int) -> torch.Tensor:
+    """uint8 [3, h, w] images of varying size -> [M, 4, side, side]: RGB zero-padded bottom/right,
+    channel 3 the pixel mask (1 = real pixel)."""
+    out = torch.zeros(len(images), 4, side, side, dtype=torch.uint8)
     for k, im in enumerate(images):
         out[k, :3, : im.shape[1], : im.shape[2]] = im
         out[k, 3, : im.shape[1], : im.shape[2]] = 1
@@ -60,16 +59,22 @@ class ViltBackbone(Backbone):
                 grown.weight[types.num_embeddings:] = types.weight[-1]
             self.vilt.embeddings.token_type_embeddings = grown
             config.modality_type_vocab_size = 1 + IMAGE_TYPES
+        # the canvas: the longest edge the processor makes (it caps the longer edge; a 1:2 image hits the cap)
+        self.canvas = max(self.resized([np.zeros((16, 32, 3), dtype=np.uint8)])[0].shape)
         side = self.processor.size["shortest_edge"]
         flat = np.full((side, side, 3), IMAGENET_MEAN_RGB, dtype=np.uint8)
         self.register_buffer("mean_image", self.encode_images([flat]), persistent=False)  # [1, 4, H, W]
         self.cache_key = preprocessing_key("vilt", source, self.tokenizer, self.processor, self.max_tokens)
 
+    def resized(self, images: list) -> list[torch.Tensor]:
+        """The processor's resize: uint8 [3, h, w] each, sizes vary with the aspect ratio."""
+        out = []
+        for chunk in chunks(images):
+            out += self.processor(chunk, do_rescale=False, do_normalize=False, do_pad=False)["pixel_values"]
+        return [torch.as_tensor(im, dtype=torch.uint8) for im in out]
+
     def encode_images(self, images):
-        resized = []
-        for chunk in chunks(images):  # uint8 [3, h, w] each, sizes vary with the aspect ratio
-            resized += self.processor(chunk, do_rescale=False, do_normalize=False, do_pad=False)["pixel_values"]
-        return pad_with_mask([torch.as_tensor(im, dtype=torch.uint8) for im in resized])
+        return pad_with_mask(self.resized(images), self.canvas)
 
     def encode_texts(self, texts):
         tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
