@@ -7,7 +7,9 @@ paper's modified-probability loss). A one-output head (a multiple-choice scorer)
 two-class softmax over (z, 0), i.e. its sigmoid. Backbone, new head and old heads all train, as in
 the paper (its optional warm-up of the new head alone is not used). The frozen copy runs in eval
 mode, so its targets equal the paper's recorded responses; it is transient, never in `self.net`,
-and dropped at the end of the task.
+and dropped at the end of the task. Only heads that can read task t's features are distilled: on
+backbones whose pooled width depends on the task (CLIP's fusion per modality, ViLT's two-image
+NLVR2 pooling) a head built for another width is skipped.
 """
 import copy
 from dataclasses import dataclass
@@ -43,11 +45,16 @@ class LwF(Method):
         if t > 0:
             self.teacher = copy.deepcopy(self.net).eval().requires_grad_(False)
 
+    def distilled(self, t: int) -> list[int]:
+        """The earlier heads that read features as wide as task t's."""
+        width = self.backbone.pooled_size(self.tasks[t])
+        return [k for k in range(t) if self.backbone.pooled_size(self.tasks[k]) == width]
+
     def distillation_targets(self, batch: dict, t: int) -> list[torch.Tensor]:
-        """Logits of every earlier head of the frozen copy on this batch."""
+        """Logits of every distilled earlier head of the frozen copy on this batch."""
         with torch.no_grad():
             features = pooled(self.teacher["backbone"], batch)
-            return [logits(self.teacher["heads"][k], features) for k in range(t)]
+            return [logits(self.teacher["heads"][k], features) for k in self.distilled(t)]
 
     def loss(self, batch, t):
         features = pooled(self.backbone, batch)
@@ -55,7 +62,7 @@ class LwF(Method):
         if t > 0:
             targets = self.distillation_targets(batch, t)
             loss = loss + self.hp.lam * sum(distillation(logits(self.heads[k], features), z, self.hp.temperature)
-                                            for k, z in enumerate(targets))
+                                            for k, z in zip(self.distilled(t), targets))
         return loss
 
     def end_task(self, t):
