@@ -46,7 +46,8 @@ class RunConfig:
     @property
     def run_id(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, default=str)
-        return f"{self.sequence}-{self.method}-s{self.seed}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
+        name = Path(self.sequence).stem  # a sequence given as a file path must not make the id a path
+        return f"{name}-{self.method}-s{self.seed}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
 
 @dataclass
