@@ -14,9 +14,11 @@ images (the easy-VQA tasks share 5,000 images) encodes each image once, ever.
 """
 import fcntl
 import hashlib
+import inspect
 import os
 import re
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,27 @@ def safe_name(key: str) -> str:
     """A file-name-safe, collision-free directory name for a cache key (keys may hold ':' or '/')."""
     readable = re.sub(r"[^A-Za-z0-9._+-]", "_", key)[:80]
     return readable if readable == key else f"{readable}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+@lru_cache(maxsize=None)
+def _file_digest(path: str | None) -> bytes:
+    try:
+        return hashlib.sha1(Path(path).read_bytes()).digest()
+    except (OSError, TypeError):  # no source file (defined interactively): its name stands in
+        return hashlib.sha1(str(path).encode()).digest()
+
+
+def code_digest(*objects) -> str:
+    """Digest of the source files defining `objects` (classes, modules, functions): part of the key
+    of every derived cache entry, so changed code never reads a stale entry."""
+    h = hashlib.sha1()
+    for obj in objects:
+        try:
+            path = inspect.getsourcefile(obj)
+        except TypeError:  # a built-in
+            path = None
+        h.update(_file_digest(path))
+    return h.hexdigest()[:12]
 
 
 def image_key(image, image_id: str | None = None) -> str:

@@ -3,16 +3,14 @@ cached on disk (image features per image, whole splits keyed by backbone encodin
 options + loader code; see bench/cache.py), then served as tensor slices so the training loop has
 no per-step Python data work."""
 import hashlib
-import inspect
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from bench.cache import ImageFeatureStore, image_key, safe_name
+from bench.cache import ImageFeatureStore, code_digest, image_key, safe_name
 from bench.errors import BenchError
 from bench.store import load_tensors, save_tensors
 from bench.task import Task
@@ -39,7 +37,10 @@ class EncodedSplit:
     def batches(self, batch_size: int, generator: torch.Generator | None = None):
         """Batches in order, or shuffled with `generator`."""
         order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
-        order = order.to(self.fields["label"].device)  # one copy per pass, not a host-device sync per batch
+        device = self.fields["label"].device
+        if device.type == "cuda":  # one pinned, non-blocking copy per pass: no host-device sync
+            order = order.pin_memory()
+        order = order.to(device, non_blocking=True)
         for i in range(0, len(self), batch_size):
             yield self.batch(order[i:i + batch_size])
 
@@ -118,18 +119,10 @@ def chunked(encode_images):
     return encode
 
 
-@lru_cache(maxsize=None)
-def _source_digest(*files: str) -> str:
-    h = hashlib.sha1()
-    for f in files:
-        h.update(Path(f).read_bytes() if f else b"?")
-    return h.hexdigest()[:12]
-
-
 def code_version(task: Task) -> str:
     """Digest of the code that turns a task's files into encoded examples (its loader, the Task
     split logic, this module), so a changed loader never reads a stale split from the shared cache."""
-    return _source_digest(inspect.getsourcefile(type(task)), inspect.getsourcefile(Task), __file__)
+    return code_digest(type(task), Task, encode)
 
 
 def load_split(backbone, task: Task, split: str, cache_dir: Path | None, *, limit=None, shots=None,

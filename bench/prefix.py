@@ -13,7 +13,6 @@ backbone's pooled output, or the hidden state after block k (`Backbone.forward_f
 float summation order), the speed of no cache. That is how the cache is tested and measured.
 """
 import hashlib
-import inspect
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from bench.backbones.base import FROZEN, Backbone, per_choice, pooled
-from bench.cache import safe_name
+from bench.cache import code_digest, safe_name
 from bench.data import EncodedSplit
 from bench.errors import BenchError
 from bench.precision import autocast
@@ -82,8 +81,7 @@ class FrozenPrefix:
         """Digest of the prefix's weights and the backbone's code."""
         if self._fingerprint is None:
             h = hashlib.blake2b(digest_size=10)
-            for f in {inspect.getsourcefile(type(self.backbone)), inspect.getsourcefile(Backbone)}:
-                h.update(Path(f).read_bytes())
+            h.update(code_digest(type(self.backbone), Backbone).encode())
             for m in self.modules:
                 for name, t in m.state_dict().items():
                     h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
