@@ -212,3 +212,13 @@ def test_unreachable_weights_give_a_one_line_error_saying_what_to_do(spec, hint)
         build_backbone(spec)
     message = str(err.value)
     assert hint in message and "\n" not in message
+
+
+def test_cache_key_changes_with_the_encoding_code(tmp_path):
+    from bench.backbones.pixels import encoding_key
+    code = tmp_path / "backbone.py"
+    code.write_text("PAD = 32\n")
+    before = encoding_key("vilt", "recipe", str(code))
+    assert encoding_key("vilt", "recipe", str(code)) == before
+    code.write_text("PAD = 48\n")  # an edit to how pixels are made must not read pixels cached before it
+    assert encoding_key("vilt", "recipe", str(code)) != before != encoding_key("vilt", "other recipe", str(code))

@@ -2,6 +2,8 @@
 and so cannot cache features. `encode_images` runs the model's own processor up to, but not
 including, its normalisation: resized/cropped pixels are still exact uint8 values, 4x smaller
 than floats in the cache and on the device; `Normalize` finishes the processor's work in `forward`."""
+import hashlib
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -10,6 +12,15 @@ from torch import nn
 from bench.backbones.embedded import load_image
 
 CHUNK = 256  # images per processor call: bounds the float temporaries of a large split
+
+
+def encoding_key(prefix: str, recipe: str, *code_files: str) -> str:
+    """A backbone's `cache_key`: its preprocessing `recipe` (source, processor and tokenizer config)
+    and the code that encodes (this file and `code_files`), so an edit there never reads stale pixels."""
+    digest = hashlib.sha1(recipe.encode())
+    for f in (__file__, *code_files):
+        digest.update(Path(f).read_bytes())
+    return f"{prefix}-{digest.hexdigest()[:12]}"
 
 
 def pil_images(images: list) -> list:

@@ -1,9 +1,9 @@
 """Loading pretrained transformers models from a hub id or a local directory, with a one-line
 error that says how to point at local weights when the hub cannot be reached (DESIGN §8)."""
-import hashlib
 import json
 import os
 
+from bench.backbones.pixels import encoding_key
 from bench.errors import BenchError
 
 
@@ -42,8 +42,9 @@ def hf_model_and_processors(model_cls, backbone: str, arg: str | None, example: 
             hf_pretrained(AutoImageProcessor, backbone, source))
 
 
-def preprocessing_key(backbone: str, source: str, tokenizer, processor, max_tokens: int) -> str:
-    """Cache key of what `encode_texts`/`encode_images` produce: source, tokenizer, processor config."""
+def preprocessing_key(backbone: str, source: str, tokenizer, processor, max_tokens: int, *code_files: str) -> str:
+    """Cache key of what `encode_texts`/`encode_images` produce: source, tokenizer and processor
+    config, and the backbone's encoding code (`code_files`)."""
     recipe = json.dumps([source, processor.to_dict(), tokenizer.name_or_path, len(tokenizer), max_tokens],
                         sort_keys=True, default=str)
-    return f"{backbone}-{hashlib.sha1(recipe.encode()).hexdigest()[:12]}"
+    return encoding_key(backbone, recipe, *code_files)
