@@ -101,7 +101,7 @@ def make_executor(name: str, opts, options: dict) -> Executor:
     values = {}
     for field, raw in options.get(name, []):
         if field not in fields:
-            raise did_you_mean(field, fields, f"option of executor '{name}'") if fields else \
+            raise did_you_mean(field, fields, f"{name} option") if fields else \
                 BenchError(f"executor '{name}' has no options (got --set {name}.{field})")
         values[field] = _coerce(f"{name}.{field}", raw, hints[field])
     return cls(opts, cls.Options(**values))

@@ -27,7 +27,7 @@ class RayExecutor(Executor):
         try:
             import ray
         except ImportError:
-            raise BenchError("executor 'ray' needs the ray package: pip install -r requirements-ray.txt") from None
+            raise BenchError("executor 'ray' needs the ray package: pip install ray==2.60.0 (pinned in requirements.txt)") from None
         o = self.options
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))

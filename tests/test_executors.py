@@ -1,0 +1,115 @@
+"""Executors: the local pool shares work with another process instead of training a run twice;
+Slurm (submitit's debug and local stand-ins) and Ray run the same runs into the same store with
+the numbers of the local executor; a preempted Slurm job is requeued and resumes."""
+import fcntl
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import bench.runner
+from bench.executors import make_executor
+from bench.executors.slurm import SlurmRun
+from bench.runner import execute
+from bench.store import runs_dir
+from bench.suite import ExecOptions, execute_suite, plan
+
+CONFTEST = str(Path(__file__).resolve().parent / "conftest.py")
+
+
+def toy_waves(methods, steps=2):
+    return plan(methods, [0], [("steps", str(steps))], backbone="toy", quick=True)
+
+
+def suite(out, cache_dir, waves, executor="local", **options):
+    opts = ExecOptions(out=str(out), workers=1, cache_dir=str(cache_dir))
+    pairs = {executor: [(k, str(v)) for k, v in options.items()]} if options else {}
+    return {o.run_id: o.status for o in execute_suite(waves, make_executor(executor, opts, pairs))}
+
+
+def matrices(out):
+    return {p.parent.name: json.loads(p.read_text())["matrix"] for p in runs_dir(out).glob("*/metrics.json")}
+
+
+def wait_for(condition, timeout=180):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_local_pool_sets_a_busy_run_aside_and_picks_up_its_result(tmp_path, cache_dir, monkeypatch):
+    waves = toy_waves(["frozen", "finetune"])
+    (ref,), (frozen, finetune) = waves
+    execute(finetune, tmp_path / "elsewhere", cache_dir=cache_dir, log=lambda *_: None)  # its result, made elsewhere
+    out = tmp_path / "results"
+    busy_dir = runs_dir(out) / finetune.run_id
+    busy_dir.mkdir(parents=True)
+    blocked = threading.Event()  # set when the suite starts waiting for the busy run's lock
+    real_flock = fcntl.flock
+
+    def flock(f, op):
+        if op == fcntl.LOCK_EX and Path(f.name).parent == busy_dir:
+            blocked.set()
+        return real_flock(f, op)
+    monkeypatch.setattr(bench.runner.fcntl, "flock", flock)
+    statuses = {}
+    with open(busy_dir / "lock", "a") as held:
+        real_flock(held, fcntl.LOCK_EX)  # "another process" is training `finetune`
+        thread = threading.Thread(target=lambda: statuses.update(suite(out, cache_dir, waves)))
+        thread.start()
+        assert blocked.wait(180), "the suite waits for the busy run only after the rest of its wave"
+        assert (runs_dir(out) / frozen.run_id / "DONE").exists() and not (busy_dir / "DONE").exists()
+        for name in ("metrics.json", "DONE"):  # the other process finishes
+            shutil.copy(tmp_path / "elsewhere" / "runs" / finetune.run_id / name, busy_dir / name)
+    thread.join(180)
+    assert statuses == {ref.run_id: "trained", frozen.run_id: "trained", finetune.run_id: "waited"}
+    assert not (busy_dir / "checkpoint.pt").exists(), "never trained here"
+
+
+def test_slurm_debug_cluster_fills_the_same_store_with_the_same_numbers(tmp_path, cache_dir):
+    waves = toy_waves(["finetune"])
+    local = suite(tmp_path / "local", cache_dir, waves)
+    slurm = suite(tmp_path / "slurm", cache_dir, waves, "slurm", cluster="debug", poll_s=0.05)
+    assert set(local.values()) == set(slurm.values()) == {"trained"} and local.keys() == slurm.keys()
+    assert matrices(tmp_path / "slurm") == matrices(tmp_path / "local")
+    assert any((tmp_path / "slurm" / "slurm").iterdir()), "submitit's job files"
+    # same run ids, same store: another executor finds everything done
+    assert set(suite(tmp_path / "slurm", cache_dir, waves).values()) == {"done"}
+
+
+def test_preempted_slurm_job_is_requeued_and_resumes_from_its_last_task(tmp_path, cache_dir, monkeypatch):
+    submitit = pytest.importorskip("submitit")
+    monkeypatch.setenv("MMCL_PLUGINS", CONFTEST)  # the job's process registers the toy backbone
+    (cfg,) = toy_waves(["finetune"], steps=60)[1]
+    reference = execute(cfg, tmp_path / "reference", cache_dir=cache_dir, log=lambda *_: None)
+    out = tmp_path / "slurm"
+    executor = submitit.AutoExecutor(folder=tmp_path / "jobs" / "%j", cluster="local")
+    executor.update_parameters(timeout_min=60)
+    job = executor.submit(SlurmRun(ExecOptions(out=str(out), workers=1, cache_dir=str(cache_dir))), cfg)
+    progress = runs_dir(out) / cfg.run_id / "progress.json"
+    wait_for(lambda: progress.exists() and len(json.loads(progress.read_text())["rows"]) >= 1)
+    # SIGUSR2 to the job's process: what Slurm sends before preempting a job (submitit's local
+    # controller forwards it only at a timeout, so send it to the task directly)
+    (task_pid,) = Path(f"/proc/{job._process.pid}/task/{job._process.pid}/children").read_text().split()
+    os.kill(int(task_pid), signal.SIGUSR2)
+    outcome = job.result()
+    log = job.stderr() + job.stdout()
+    assert "this job is preempted" in log and "Requeued job" in log, log
+    assert outcome.status == "resumed", log
+    assert json.loads((runs_dir(out) / cfg.run_id / "metrics.json").read_text())["matrix"] == reference["matrix"]
+
+
+def test_ray_tasks_fill_the_same_store_with_the_same_numbers(tmp_path, cache_dir, monkeypatch):
+    pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements.txt)")
+    monkeypatch.setenv("MMCL_PLUGINS", CONFTEST)  # Ray's worker processes register the toy backbone
+    waves = toy_waves(["finetune"])
+    local = suite(tmp_path / "local", cache_dir, waves)
+    ray = suite(tmp_path / "ray", cache_dir, waves, "ray", num_cpus=1)
+    assert set(ray.values()) == {"trained"} and ray.keys() == local.keys()
+    assert matrices(tmp_path / "ray") == matrices(tmp_path / "local")
