@@ -39,7 +39,7 @@ from bench.method import Method, logits, task_loss
 from bench.registry import METHODS, TASKS
 from bench.runner import build_method, execute, task_seed
 from bench.store import finished_runs
-from bench.train import _schedule
+from bench.train import _schedule, adamw
 
 SECTIONS = ("a", "b", "c", "d", "e", "f")
 AVALANCHE_STRATEGIES = {"finetune": "Naive", "ewc": "EWC", "er": "Replay"}
@@ -102,8 +102,8 @@ def bare_loop(cfg, wl: Workload) -> list[list[float]]:
         torch.manual_seed(task_seed(cfg.seed, i))
         body = [p for p in backbone.parameters() if p.requires_grad]
         params = list(heads[i].parameters()) + body
-        opt = torch.optim.AdamW([{"params": list(heads[i].parameters()), "lr": model.head_lr},
-                                 {"params": body, "lr": plans[i].lr or model.lr}], weight_decay=cfg.weight_decay)
+        opt = adamw([{"params": list(heads[i].parameters()), "lr": model.head_lr},
+                     {"params": body, "lr": plans[i].lr or model.lr}], cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(plans[i].steps, cfg.warmup))
         generator = torch.Generator().manual_seed(task_seed(cfg.seed, i))
         batches = iter(())
@@ -127,7 +127,7 @@ def bare_loop(cfg, wl: Workload) -> list[list[float]]:
                 for batch in data["test"][j].batches(cfg.eval_batch_size):
                     pred, label = logits(heads[j], pooled(backbone, batch)).argmax(-1), batch["label"]
                     hits = hits + (label.gather(1, pred[:, None]).sum() if tasks[j].metric == "vqa_score"
-                                   else (pred == label).sum())
+                                   else (pred == label).sum()).double()
                 row.append(float(100.0 * hits / len(data["test"][j])))
         rows.append(row)
     return rows
@@ -174,7 +174,7 @@ def avalanche_run(method: str, cfg, wl: Workload) -> list[list[float]]:
     extra = {"finetune": {}, "ewc": {"ewc_lambda": getattr(hp, "lam", 100.0), "mode": "separate"},
              "er": {"mem_size": sum(max(1, round(getattr(hp, "memory_fraction", 0.01) * len(s))) for s in data["train"])}}
     strategy = {"finetune": Naive, "ewc": EWC, "er": Replay}[method](
-        model=net, optimizer=torch.optim.AdamW(net.parameters(), lr=model.lr, weight_decay=cfg.weight_decay),
+        model=net, optimizer=adamw([{"params": list(net.parameters()), "lr": model.lr}], cfg.weight_decay),
         criterion=torch.nn.CrossEntropyLoss(), train_mb_size=cfg.batch_size, train_epochs=1,
         eval_mb_size=cfg.eval_batch_size, device=wl.device, evaluator=EvaluationPlugin(accuracy_metrics(experience=True)),
         **extra[method])
@@ -191,25 +191,34 @@ def same_scores(harness_matrix, rows) -> float:
     return max(abs(harness_matrix[i][j] - v) for i, row in enumerate(rows) for j, v in enumerate(row))
 
 
-def best_of(repeats: int, fns: dict) -> dict:
-    """{name: (min seconds, last result)}; the candidates alternate, so load changes hit both."""
-    times, results = {k: math.inf for k in fns}, {}
+@dataclass
+class Timing:
+    wall: float = math.inf  # best wall-clock seconds
+    cpu: float = math.inf   # best CPU seconds of this process (robust to other load on a shared machine)
+    result: object = None
+
+
+def best_of(repeats: int, fns: dict) -> dict[str, Timing]:
+    """Each candidate's best time over `repeats`; the candidates alternate, so load changes hit all."""
+    out = {k: Timing() for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
-            results[name] = fn()
-            times[name] = min(times[name], time.perf_counter() - t0)
-    return {k: (times[k], results[k]) for k in fns}
+            w0, c0 = time.perf_counter(), time.process_time()
+            out[name].result = fn()
+            out[name].wall = min(out[name].wall, time.perf_counter() - w0)
+            out[name].cpu = min(out[name].cpu, time.process_time() - c0)
+    return out
 
 
 def section_overhead(wl: Workload, say) -> float:
     cfg = wl.config("finetune", [("val_checks", "0")])
     r = best_of(wl.repeats, {"bare": lambda: bare_loop(cfg, wl), "harness": lambda: wl.harness(cfg)[1]})
-    (bare_s, rows), (harness_s, metrics) = r["bare"], r["harness"]
-    diff = same_scores(metrics["matrix"], rows)
-    say(f"(a) overhead: harness {harness_s:.2f} s / bare PyTorch loop {bare_s:.2f} s = {harness_s / bare_s:.3f}"
+    bare, harness = r["bare"], r["harness"]
+    diff = same_scores(harness.result["matrix"], bare.result)
+    say(f"(a) overhead: harness {harness.wall:.2f} s / bare PyTorch loop {bare.wall:.2f} s = {harness.wall / bare.wall:.3f}"
+        f" wall, {harness.cpu / bare.cpu:.3f} CPU ({harness.cpu:.2f} / {bare.cpu:.2f} s)"
         f"  (finetune, best of {wl.repeats}; same scores: {'yes' if diff < 1e-6 else f'no, max diff {diff:.3g}'})")
-    return harness_s / bare_s
+    return harness.wall / bare.wall
 
 
 def section_avalanche(wl: Workload, say) -> float:
@@ -229,11 +238,11 @@ def section_avalanche(wl: Workload, say) -> float:
             continue
         cfg = wl.config(method, [("val_checks", "0")] + AVALANCHE_MATCH.get(method, []))
         r = best_of(1, {"avalanche": lambda: avalanche_run(method, cfg, wl), "harness": lambda: wl.harness(cfg)[1]})
-        (a_s, rows), (h_s, metrics) = r["avalanche"], r["harness"]
-        total_a, total_h = total_a + a_s, total_h + h_s
+        a, h = r["avalanche"], r["harness"]
+        total_a, total_h = total_a + a.wall, total_h + h.wall
         final = lambda m: sum(m[-1]) / len(m[-1])  # noqa: E731
-        say(f"    {method:9s} avalanche {strategy:7s} {a_s:7.2f} s / harness {h_s:7.2f} s = {a_s / h_s:5.2f}"
-            f"   (final avg: avalanche {final(rows):.1f}, harness {final(metrics['matrix']):.1f})")
+        say(f"    {method:9s} avalanche {strategy:7s} {a.wall:7.2f} s / harness {h.wall:7.2f} s = {a.wall / h.wall:5.2f}"
+            f" wall, {a.cpu / h.cpu:5.2f} CPU   (final avg: avalanche {final(a.result):.1f}, harness {final(h.result['matrix']):.1f})")
     if not total_h:
         return math.nan
     say(f"    total     {total_a:.2f} s / {total_h:.2f} s = {total_a / total_h:.2f}")
@@ -255,16 +264,17 @@ def whole_backbone_frozen(method: str, wl: Workload) -> bool:
 def section_cache(wl: Workload, say) -> float:
     speedups = []
     for method in prefix_methods():
-        uncached_s, m_u = wl.harness(wl.config(method), cache_prefix=False)
-        first_s, m_c = wl.harness(wl.config(method), cache_prefix=True)
-        warm_s, _ = wl.harness(wl.config(method, seed=1), cache_prefix=True)
+        r = best_of(1, {"uncached": lambda: wl.harness(wl.config(method), cache_prefix=False)[1],
+                        "first": lambda: wl.harness(wl.config(method), cache_prefix=True)[1],
+                        "warm": lambda: wl.harness(wl.config(method, seed=1), cache_prefix=True)[1]})
+        uncached, first, warm = r["uncached"], r["first"], r["warm"]
         whole = whole_backbone_frozen(method, wl)
-        diff = same_scores(m_u["matrix"], [r[:i + 1] for i, r in enumerate(m_c["matrix"])])
-        say(f"(c) cache: {method} ({'whole backbone' if whole else 'bottom blocks'} frozen): uncached {uncached_s:.2f} s, "
-            f"cached {warm_s:.2f} s (first cached run {first_s:.2f} s) = {uncached_s / warm_s:.1f}x"
-            f"  (same scores: {'yes' if diff < 1e-6 else f'max diff {diff:.3g}'})")
+        diff = same_scores(uncached.result["matrix"], [row[:i + 1] for i, row in enumerate(first.result["matrix"])])
+        say(f"(c) cache: {method} ({'whole backbone' if whole else 'bottom blocks'} frozen): uncached {uncached.wall:.2f} s,"
+            f" cached {warm.wall:.2f} s (first cached run {first.wall:.2f} s) = {uncached.wall / warm.wall:.1f}x wall,"
+            f" {uncached.cpu / warm.cpu:.1f}x CPU  (same scores: {'yes' if diff < 1e-6 else f'max diff {diff:.3g}'})")
         if whole:
-            speedups.append(uncached_s / warm_s)
+            speedups.append(uncached.wall / warm.wall)
     return min(speedups) if speedups else math.nan
 
 
@@ -356,10 +366,9 @@ def section_precision(wl: Workload, say) -> None:
     cfg32, cfg16 = wl.config("finetune", [("val_checks", "0")]), wl.config("finetune", [("val_checks", "0"), ("precision", "bf16")])
     r = best_of(wl.repeats, {"fp32": lambda: wl.harness(cfg32)[1], "bf16": lambda: wl.harness(cfg16)[1],
                              "bf16+compile": lambda: wl.harness(cfg16, compile=True)[1]})
-    base = r["fp32"][0]
-    say("(f) precision: " + ", ".join(f"{k} {s:.2f} s ({base / s:.2f}x)" for k, (s, _) in r.items())
-        + f"; final avg fp32 {sum(r['fp32'][1]['matrix'][-1]) / len(r['fp32'][1]['matrix'][-1]):.1f}"
-        f" vs bf16 {sum(r['bf16'][1]['matrix'][-1]) / len(r['bf16'][1]['matrix'][-1]):.1f}")
+    final = {k: sum(t.result["matrix"][-1]) / len(t.result["matrix"][-1]) for k, t in r.items()}
+    say("(f) precision: " + ", ".join(f"{k} {t.wall:.2f} s ({r['fp32'].wall / t.wall:.2f}x, final avg {final[k]:.1f})"
+                                      for k, t in r.items()))
 
 
 def fill_cache(wl: Workload) -> float:
