@@ -8,15 +8,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from bench.store import write_atomic  # noqa: E402
+
 
 def _save(fig, path: Path) -> list[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "pdf"):
         p = path.with_suffix(f".{ext}")
-        tmp = p.with_name(f".{p.name}.tmp")
-        fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight")
-        tmp.replace(p)
+        write_atomic(p, lambda f: fig.savefig(f, format=ext, dpi=130, bbox_inches="tight"))
         paths.append(p)
     plt.close(fig)
     return paths

@@ -75,8 +75,7 @@ def write_report(out="results") -> dict:
     df = runs_frame(runs)
     table = leaderboard(df)
     nice = pretty(table)
-    table.to_csv(out / "leaderboard.csv.tmp", index=False)
-    (out / "leaderboard.csv.tmp").replace(out / "leaderboard.csv")
+    write_text(out / "leaderboard.csv", table.to_csv(index=False))
     md = _markdown(nice)
     failed = failed_runs(out)
     if failed:

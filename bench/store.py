@@ -20,7 +20,9 @@ class StorageError(BenchError):
     """The results directory cannot be written."""
 
 
-def _atomic(path: Path, write):
+def write_atomic(path: Path, write) -> None:
+    """Write `path` through `write(binary file)` into a unique temp file, then rename it over `path`:
+    readers (and concurrent writers: two suites writing one report) see a whole file or none."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,15 +59,15 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    _atomic(Path(path), lambda f: f.write(json.dumps(obj, indent=1, sort_keys=False).encode()))
+    write_atomic(Path(path), lambda f: f.write(json.dumps(obj, indent=1, sort_keys=False).encode()))
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic(Path(path), lambda f: f.write(text.encode()))
+    write_atomic(Path(path), lambda f: f.write(text.encode()))
 
 
 def save_tensors(path: Path, obj) -> None:
-    _atomic(Path(path), lambda f: torch.save(obj, f))
+    write_atomic(Path(path), lambda f: torch.save(obj, f))
 
 
 def load_tensors(path: Path):

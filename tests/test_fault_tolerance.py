@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,3 +84,23 @@ def test_sigkilled_suite_resumes_to_the_uninterrupted_leaderboard(tmp_path):
     assert table(killed) == table(reference)
     assert matrices(killed) == matrices(reference)
     assert not list((killed / "runs").rglob(".*.tmp")), "files half-written when killed are cleaned up"
+
+
+def test_two_suites_on_one_results_directory_train_each_task_once(tmp_path):
+    """Two copies of the same command at once: every run is trained by one of them (the other sets
+    it aside, trains something else, then picks up the result), and both end with the report."""
+    out = tmp_path / "shared"
+    procs = [start(out) for _ in range(2)]
+    logs = [proc.communicate(timeout=300)[0] for proc in procs]
+    for proc in procs:
+        proc.stdout.close()
+    assert [proc.returncode for proc in procs] == [0, 0], logs
+    trained = Counter(m.group(0) for log in logs for m in TASK_LINE.finditer(log))  # "[run id] task k/4"
+    assert len(trained) == 3 * 4 and set(trained.values()) == {1}, trained
+    statuses = Counter()
+    for log in logs:
+        for count, status in re.findall(r"(\d+) (trained|finished by another process|already done)", log):
+            statuses[status] += int(count)
+    assert statuses["trained"] == 3 and statuses["trained"] + statuses["finished by another process"] \
+        + statuses["already done"] == 6
+    assert not [d for d in (out / "runs").iterdir() if (d / "FAILED").exists()]
