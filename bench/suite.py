@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from bench.config import TASK_OPTIONS, RunConfig, TaskPlan, _coerce, plan_tasks, resolve, validate_set_owners
 from bench.errors import BenchError
+from bench.precision import PRECISIONS
 from bench.registry import BACKBONES, METHODS, TASKS
 from bench.store import check_writable, is_done, runs_dir
 
@@ -63,6 +64,7 @@ _RANGES = [
     (("grad_clip",), lambda v: type(v) in (int, float) and v > 0, "a number > 0"),
     (("weight_decay",), lambda v: type(v) in (int, float) and v >= 0, "a number >= 0"),
     (("warmup",), lambda v: type(v) in (int, float) and 0 <= v <= 1, "a number from 0 to 1"),
+    (("precision",), lambda v: v in PRECISIONS, " or ".join(PRECISIONS)),
 ]
 
 
