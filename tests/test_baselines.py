@@ -66,8 +66,7 @@ def set_backbone(method, flat: torch.Tensor):
 
 def test_ewc_fisher_is_nonnegative_nonzero_and_anchored_after_task0(toy_data):
     ewc = build("ewc", toy_data)
-    fisher, anchor = ewc.state()
-    assert all(float(f.abs().sum()) == 0 for f in fisher)
+    assert all(float(f.abs().sum()) == 0 for f in ewc.state()[0])
     run_task(ewc, 0)
     fisher, anchor = ewc.state()
     assert all(bool((f >= 0).all()) for f in fisher)
@@ -90,7 +89,7 @@ def test_ewc_penalty_is_zero_at_anchor_and_grows_with_drift(toy_data):
         values.append(float(ewc.penalty().detach()))
     assert values[0] == 0
     assert all(a < b for a, b in zip(values, values[1:])), values
-    # quadratic in the drift: tripling it multiplies the penalty by 9
+    # quadratic in the drift: ten times the drift, a hundred times the penalty
     assert values[3] / values[1] == pytest.approx(100, rel=1e-3)
     # only later tasks pay it (dropout off so both losses see the same forward)
     ewc.net.eval()
@@ -109,7 +108,8 @@ def test_ewc_merged_penalty_has_the_gradient_of_the_per_task_sum(toy_data):
         train_steps(ewc, t)
         per_task.append(([f.clone() for f in ewc.fisher(t)], [p.detach().clone() for p in ewc.penalised]))
         ewc.end_task(t)
-    set_backbone(ewc, live_backbone(ewc) + 0.05 * torch.randn(live_backbone(ewc).shape))
+    theta = live_backbone(ewc)
+    set_backbone(ewc, theta + 0.05 * torch.randn(theta.shape, generator=torch.Generator().manual_seed(2)))
     merged = torch.autograd.grad(ewc.penalty(), ewc.penalised)
     explicit = ewc.hp.lam / 2 * sum((f * (p - a).square()).sum()
                                     for fisher, anchor in per_task for p, f, a in zip(ewc.penalised, fisher, anchor))
@@ -209,7 +209,7 @@ def test_lwf_targets_come_from_the_model_frozen_at_the_end_of_the_previous_task(
     assert lwf.teacher is None and set(lwf.state_dict()) == set(snapshot.state_dict())
 
 
-def test_lwf_distillation_pulls_old_heads_toward_the_frozen_outputs(toy_data):
+def test_lwf_distillation_pulls_old_heads_toward_the_frozen_outputs():
     from methods.lwf import distillation
     teacher = torch.randn(8, 5)
     student = teacher.clone().requires_grad_(True)
@@ -235,7 +235,7 @@ def test_freeze_bottom_k_keeps_bottom_blocks_and_embeddings_bit_identical(run, t
     top = [k for k in initial if ".layer.1." in k]
     assert bottom and top
     assert all(torch.equal(trained[k], initial[k]) for k in bottom)
-    assert sum(not torch.equal(trained[k], initial[k]) for k in top) >= len(top) // 2
+    assert all(not torch.equal(trained[k], initial[k]) for k in top)
 
 
 def test_freeze_bottom_k_default_follows_climbs_three_quarters():
@@ -258,8 +258,8 @@ class Killed(BaseException):
 
 @pytest.mark.parametrize("method,sets", [("ewc", []), ("er", ["er.replay_every=1", "er.memory_fraction=0.05"])])
 def test_resume_after_kill_matches_uninterrupted(run, tmp_path, monkeypatch, method, sets):
-    """Killed right after task 2's checkpoint: the Fisher/anchor (EWC) and memory (ER) of tasks 0-1
-    must come back from the checkpoint for the remaining tasks to match."""
+    """Killed right after the second task's checkpoint: the Fisher/anchor (EWC) and memory seeds (ER)
+    of tasks 0-1 must come back from the checkpoint for tasks 2-3 to match."""
     full = run(method, out=tmp_path / "full", sets=sets)
     import bench.runner
     write_json = bench.runner.write_json
