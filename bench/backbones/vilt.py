@@ -13,8 +13,8 @@ load from that source. As in CLiMB's `ViltEncoderWrapper` / `ViltContinualLearne
   edge 384, longer at most 1333/800 of it, multiples of 32), zero-padded with a pixel mask as
   ViltProcessor pads a batch, to a fixed L x L canvas (L = that longest edge, 608) so that every
   image of an encoding has one shape in the per-image cache; ViLT embeds only the masked-in patches.
-Adapters attach after `attention.output.dense` and `output.dense` of every layer (CLiMB's
-`Adaptered_ViltOutput` puts them on the same outputs).
+Adapters attach after `attention.output.dense` and `output.dense` of every layer: the two Houlsby
+sites, as CLiMB's adapter runs (`--adapter_config houlsby`).
 """
 import numpy as np
 import torch
