@@ -19,6 +19,7 @@ is removed afterwards; data come from the shared cache (bench/cache.py), filled 
 line is machine-readable: `overhead_ratio=.. avalanche_ratio=.. cache_speedup=.. leaderboard_s=..`
 (`nan` for a section not run or unavailable).
 """
+import dataclasses
 import math
 import os
 import shutil
@@ -82,7 +83,8 @@ def load_workload(cfg, wl: Workload):
     plans = plan_tasks(cfg)
     tasks = [TASKS.get(p.name)() for p in plans]
     backbone = build_backbone(cfg.backbone)
-    model = build_method(cfg, METHODS.get("finetune"), backbone, tasks, wl.device)
+    model = build_method(dataclasses.replace(cfg, method="finetune", hparams={}), METHODS.get("finetune"), backbone,
+                         tasks, wl.device)
     limits = {"train": lambda p: p.train_cap, "val": lambda p: None, "test": lambda p: p.test_cap}
     data = {name: [load_split(backbone, task, name, wl.cache_dir, limit=limit(p), val_size=p.val_size,
                               shots=p.shots if name == "train" else None, seed=cfg.seed,
