@@ -1,6 +1,7 @@
-"""Methods run through the runner on every real backbone (tiny models loaded by path): fine-tuning,
+"""Methods run through the runner on the real backbones (tiny models loaded by path): fine-tuning,
 adapters, I2I and ScaLearn on the default sequence (`--quick`, fewer steps and examples), a
-two-image task, and learning through ViLT's text-only path."""
+two-image task, and learning through ViLT's text-only path. transformers CLIP runs every method in
+test_backbone_methods.py."""
 import random
 
 import pytest
@@ -13,7 +14,7 @@ from tasks.digits import _digits
 from tiny_models import tiny  # noqa: F401  (session fixture)
 
 FAST = ["train_cap=48", "test_cap=32", "val_size=16"]
-BACKBONES = ["vilt", "hf_clip", "open_clip_arch"]  # open_clip as `open_clip:<arch .json>:<checkpoint>`
+BACKBONES = ["vilt", "open_clip_arch"]  # open_clip as `open_clip:<arch .json>:<checkpoint>`
 
 
 class DigitPairTask(Task):
@@ -61,12 +62,12 @@ def test_finetune_adapter_and_i2i_run_on_every_backbone(tmp_path, cache_dir, tin
     assert [s["stage"] for s in i2i["stages"] if s["task"] == 1] == ["improvise", "initialize", "train"]
 
 
-def test_scalearn_runs_on_vilt_and_its_uniform_variant_on_clip(tmp_path, cache_dir, tiny):  # noqa: F811
+def test_scalearn_runs_on_vilt_and_its_uniform_variant_on_open_clip(tmp_path, cache_dir, tiny):  # noqa: F811
     assert_no_forgetting(run(tmp_path, cache_dir, tiny, "vilt", "scalearn"))
-    assert_no_forgetting(run(tmp_path, cache_dir, tiny, "hf_clip", "scalearn_uniform"))
+    assert_no_forgetting(run(tmp_path, cache_dir, tiny, "open_clip_arch", "scalearn_uniform"))
     # vector ScaLearn stacks one d-wide tensor over all sites; CLIP's towers differ in width
     with pytest.raises(BenchError, match=r"differ in width \(\[32, 48\]\)"):
-        run(tmp_path, cache_dir, tiny, "hf_clip", "scalearn")
+        run(tmp_path, cache_dir, tiny, "open_clip_arch", "scalearn")
 
 
 @pytest.mark.parametrize("name", ["vilt", "hf_clip"])
