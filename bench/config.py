@@ -162,8 +162,22 @@ def resolve(method: str, method_cls, sets: list[tuple[str, str]], **base) -> Run
             setattr(cfg, key, _coerce(key, raw, hints[key]))
         else:
             raise did_you_mean(key, list(RUN_FIELDS) + list(EXEC_KEYS), "--set key")
+    hp = {**sequence_hparams(cfg.sequence, method, hp_fields, hp_hints), **hp}
     cfg.hparams = dataclasses.asdict(method_cls.HParams(**hp))
     return cfg
+
+
+def sequence_hparams(sequence: str, method: str, fields, hints) -> dict:
+    """A sequence may rescale a method's defaults to its budget (`hparams: {er: {replay_every: 1}}`);
+    --set still wins."""
+    table = load_sequence(sequence).get("hparams") or {}
+    entry = table.get(method, {}) if isinstance(table, dict) else None
+    if not isinstance(entry, dict):
+        raise BenchError(f"sequence '{sequence}': 'hparams' must map method names to {{field: value}}")
+    for name in entry:
+        if name not in fields:
+            raise did_you_mean(name, fields, f"hyper-parameter of method '{method}' in sequence '{sequence}'")
+    return {name: _coerce(f"{method}.{name}", value, hints[name]) for name, value in entry.items()}
 
 
 def validate_set_owners(sets: list[tuple[str, str]], methods_known) -> None:

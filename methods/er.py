@@ -5,10 +5,11 @@ memory of one earlier task k, picked uniformly, is trained on with k's head:
     on a replay step:  L = L_t(B_t) + L_k(B_k),   k ~ U{0, …, t−1},   B_k ⊂ memory of task k.
 CLiMB takes that replay step as a second optimizer step right after the current one; within the
 runner's one optimizer step per batch the replay loss is added to that step's loss instead (one
-step on the sum rather than two steps). Steps are counted within a task (CLiMB counts within an epoch), so a task shorter than
-`replay_every` steps gets no replay at all — as on the default sequence (40 steps per task), where
-`er` then trains exactly like `finetune`; `replay_every=1` is interleaved replay (a memory batch
-with every batch), the schedule that suits short budgets. Replay batches are as large as the
+step on the sum rather than two steps). Steps are counted within a task (CLiMB counts within an
+epoch), so a task shorter than `replay_every` steps gets no replay at all; `replay_every=1` is
+interleaved replay (a memory batch with every batch), the schedule that suits short budgets. The
+default sequence (40 steps per task) therefore sets `memory_fraction: 0.1, replay_every: 1` in its
+YAML `hparams:`; at CLiMB's values `er` would train exactly like `finetune` there. Replay batches are as large as the
 current batch, capped at the memory's size, drawn without replacement (as CLiMB). Earlier heads
 stay trainable: replay updates them, as in CLiMB.
 

@@ -32,3 +32,14 @@ def test_run_id_is_deterministic_and_config_sensitive():
     b = resolve("finetune", METHODS.get("finetune"), [], seed=1)
     c = resolve("finetune", METHODS.get("finetune"), [("lr", "1e-3")], seed=1)
     assert a.run_id == b.run_id != c.run_id
+
+
+def test_sequence_rescales_method_defaults_and_set_still_wins(tmp_path):
+    seq = tmp_path / "short.yaml"
+    seq.write_text("tasks: [vqa_color]\nhparams:\n  adapter: {reduction: 4}\n")
+    assert resolve("adapter", METHODS.get("adapter"), [], sequence=str(seq)).hparams == {"reduction": 4}
+    cfg = resolve("adapter", METHODS.get("adapter"), parse_sets(["adapter.reduction=32"]), sequence=str(seq))
+    assert cfg.hparams == {"reduction": 32}
+    seq.write_text("tasks: [vqa_color]\nhparams:\n  adapter: {reducton: 4}\n")
+    with pytest.raises(BenchError, match="did you mean 'reduction'"):
+        resolve("adapter", METHODS.get("adapter"), [], sequence=str(seq))
