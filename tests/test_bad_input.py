@@ -117,7 +117,7 @@ CASES = [
     ("ray not installed", [*QUICK, "--methods", "frozen", "--executor", "ray"],
      "executor 'ray' needs the ray package", {}, no_ray),
     ("slurm executor without Slurm", [*QUICK, "--methods", "frozen", "--executor", "slurm"],
-     "executor 'slurm': no Slurm on this machine (sbatch not found)", {}, no_sbatch),
+     "executor 'slurm': no Slurm on this machine (sbatch/srun not found)", {}, no_sbatch),
     ("report without runs", ["report"], "no finished runs under {out}/runs", {}, None),
     ("unknown list", ["list", "method"], "argument what: invalid choice: 'method'", {}, None),
 ]

@@ -83,6 +83,30 @@ def test_slurm_debug_cluster_fills_the_same_store_with_the_same_numbers(tmp_path
     assert set(suite(tmp_path / "slurm", cache_dir, waves).values()) == {"done"}
 
 
+def test_slurm_job_array_script_carries_the_options(tmp_path, monkeypatch):
+    """On a cluster: one sbatch job array per wave with the --set slurm.* resources, and the USR2
+    signal before the time limit that submitit turns into a requeue (sbatch is faked here)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, body in (("sbatch", 'cp "$1" "$(dirname "$1")/submitted.sh"; echo "Submitted batch job 4242"'),
+                       ("srun", "exit 0")):
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    _, wave = toy_waves(["finetune", "frozen"])
+    options = {"partition": "gpu", "time_min": "30", "gpus_per_node": "1", "array_parallelism": "8",
+               "setup": "[source .venv/bin/activate]", "additional": "{exclude: node3}"}
+    executor = make_executor("slurm", ExecOptions(out=str(tmp_path / "out"), threads=2),
+                             {"slurm": list(options.items())})
+    submitit_executor, folder = executor.submitit_executor()
+    jobs = submitit_executor.map_array(SlurmRun(executor.opts), wave)
+    assert [job.job_id for job in jobs] == ["4242_0", "4242_1"]
+    script = (folder / "submitted.sh").read_text()
+    for line in ("--array=0-1%2", "--partition=gpu", "--time=30", "--gpus-per-node=1", "--cpus-per-task=2",
+                 "--exclude=node3", "--signal=USR2@", "source .venv/bin/activate"):
+        assert line in script, line
+
+
 def test_preempted_slurm_job_is_requeued_and_resumes_from_its_last_task(tmp_path, cache_dir, monkeypatch):
     submitit = pytest.importorskip("submitit")
     monkeypatch.setenv("MMCL_PLUGINS", CONFTEST)  # the job's process registers the toy backbone

@@ -34,12 +34,13 @@ def finish(out):
     return log
 
 
-def kill_after_tasks(out, n_tasks: int, extra_s: float) -> int:
+def kill_after_tasks(out, n_tasks: int, extra_s: float) -> str:
     """Start the suite and SIGKILL its whole process group `extra_s` after its n-th finished task;
-    returns how many tasks it reported finished."""
+    returns what it printed."""
     proc = start(out)
-    seen = 0
+    log, seen = [], 0
     for line in proc.stdout:
+        log.append(line)
         seen += TASK_LINE.search(line) is not None
         if seen >= n_tasks:
             time.sleep(extra_s)
@@ -50,7 +51,15 @@ def kill_after_tasks(out, n_tasks: int, extra_s: float) -> int:
         pass
     proc.wait()
     proc.stdout.close()
-    return seen
+    return "".join(log)
+
+
+def finished_tasks(out) -> int:
+    """Tasks checkpointed so far, over all runs of the suite (4 tasks each)."""
+    runs = [d for d in (out / "runs").iterdir() if d.is_dir()] if (out / "runs").exists() else []
+    return sum(4 if (d / "DONE").exists() else
+               len(json.loads((d / "progress.json").read_text())["rows"]) if (d / "progress.json").exists() else 0
+               for d in runs)
 
 
 def table(out) -> list[dict]:
@@ -68,15 +77,16 @@ def test_sigkilled_suite_resumes_to_the_uninterrupted_leaderboard(tmp_path):
     import run_bench  # the uninterrupted reference runs in-process (same code, one start-up less)
     assert run_bench.main([*SUITE, "--out", str(reference)]) == 0
     rng = random.Random(0)
-    finished_tasks = 0
-    # 3 runs x 4 tasks: kill after a random number of finished tasks (counted over all attempts),
-    # a random fraction of a second later, i.e. anywhere in the next task or between two runs
-    for target in sorted(rng.sample(range(1, 10), 3)):
-        finished_tasks += kill_after_tasks(killed, max(1, target - finished_tasks), rng.uniform(0, 0.5))
+    logs = []
+    # 3 runs x 4 tasks: kill 1-2 tasks into a run (counted over all attempts), a random fraction of
+    # a second later, i.e. in the middle of a task or just after a checkpoint
+    for target in sorted(rng.sample([1, 2, 5, 6, 9, 10], 3)):
+        if target > finished_tasks(killed):
+            logs.append(kill_after_tasks(killed, target - finished_tasks(killed), rng.uniform(0, 0.3)))
         assert not (killed / "leaderboard.csv").exists(), "killed before the end, so no report yet"
     done_before = {d.name for d in (killed / "runs").iterdir() if (d / "DONE").exists()}
     log = finish(killed)
-    assert "resuming after task" in log, "some run was killed mid-sequence and resumed"
+    assert "resuming after task" in "".join(logs[1:]) + log, "a run killed mid-sequence was resumed"
     retrained = {m.group(1) for m in TASK_LINE.finditer(log)} & done_before
     assert not retrained, "finished runs are never recomputed"
     if done_before:

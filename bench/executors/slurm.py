@@ -44,11 +44,25 @@ class SlurmExecutor(Executor):
         poll_s: float = 10.0           # how often the driver checks the jobs
 
     def run(self, waves):
+        executor, folder = self.submitit_executor()
+        job_fn = SlurmRun(self.opts)
+        outcomes = []
+        for wave in waves:
+            jobs = executor.map_array(job_fn, wave)
+            print(f"submitted {len(jobs)} run(s) as {self.options.cluster} job(s) {jobs[0].job_id.split('_')[0]}; "
+                  f"logs in {folder}", flush=True)
+            by_job = {job.job_id: cfg for job, cfg in zip(jobs, wave)}
+            for job in submitit.helpers.as_completed(jobs, poll_frequency=self.options.poll_s):
+                outcomes.append(self._outcome(job, by_job[job.job_id]))
+        return outcomes
+
+    def submitit_executor(self):
+        """submitit's executor with this suite's job parameters, and its folder."""
         o = self.options
         if o.cluster not in ("slurm", "local", "debug"):
             raise BenchError(f"slurm.cluster must be slurm, local or debug, got '{o.cluster}'")
-        if o.cluster == "slurm" and shutil.which("sbatch") is None:
-            raise BenchError("executor 'slurm': no Slurm on this machine (sbatch not found); run on a login node, "
+        if o.cluster == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
+            raise BenchError("executor 'slurm': no Slurm on this machine (sbatch/srun not found); run on a login node, "
                              "or try it here with --set slurm.cluster=local")
         folder = Path(o.folder) if o.folder else Path(self.opts.out) / "slurm"
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster=o.cluster, slurm_max_num_timeout=o.max_requeue)
@@ -61,18 +75,7 @@ class SlurmExecutor(Executor):
             executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
         except (AssertionError, NameError, ValueError, TypeError) as e:
             raise BenchError(f"executor 'slurm': {str(e).splitlines()[0]}") from None
-        job_fn = SlurmRun(self.opts)
-        outcomes = []
-        for wave in waves:
-            if not wave:
-                continue
-            jobs = executor.map_array(job_fn, wave)
-            print(f"submitted {len(jobs)} run(s) as {o.cluster} job(s) {jobs[0].job_id.split('_')[0]}; logs in {folder}",
-                  flush=True)
-            by_job = {job.job_id: cfg for job, cfg in zip(jobs, wave)}
-            for job in submitit.helpers.as_completed(jobs, poll_frequency=o.poll_s):
-                outcomes.append(self._outcome(job, by_job[job.job_id]))
-        return outcomes
+        return executor, folder
 
     def _outcome(self, job, cfg):
         try:
