@@ -214,11 +214,13 @@ def test_unreachable_weights_give_a_one_line_error_saying_what_to_do(spec, hint)
     assert hint in message and "\n" not in message
 
 
-def test_cache_key_changes_with_the_encoding_code(tmp_path):
+def test_cache_key_changes_with_the_encoding_code(tmp_path, monkeypatch):
     from bench.backbones.pixels import encoding_key
-    code = tmp_path / "backbone.py"
-    code.write_text("PAD = 32\n")
-    before = encoding_key("vilt", "recipe", str(code))
-    assert encoding_key("vilt", "recipe", str(code)) == before
-    code.write_text("PAD = 48\n")  # an edit to how pixels are made must not read pixels cached before it
-    assert encoding_key("vilt", "recipe", str(code)) != before != encoding_key("vilt", "other recipe", str(code))
+    (tmp_path / "pad32.py").write_text("PAD = 32\n")
+    (tmp_path / "pad48.py").write_text("PAD = 48\n")  # the same backbone after an edit to how pixels are made
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import pad32
+    import pad48
+    key = encoding_key("vilt", "recipe", pad32)
+    assert encoding_key("vilt", "recipe", pad32) == key
+    assert key != encoding_key("vilt", "recipe", pad48) and key != encoding_key("vilt", "other recipe", pad32)

@@ -5,7 +5,6 @@ image and text embeddings are the projected pooled outputs (`get_image_features`
 `self_attn.out_proj` and `mlp.fc2` of every encoder layer of both towers."""
 import torch
 
-from bench.backbones import dual_encoder
 from bench.backbones.dual_encoder import DualEncoder
 from bench.backbones.pixels import Normalize, as_uint8, chunks
 from bench.backbones.weights import hf_model_and_processors, preprocessing_key
@@ -27,7 +26,7 @@ class HFCLIPBackbone(DualEncoder):
         self.vision_blocks = list(self.model.vision_model.encoder.layers)
         self.text_blocks = list(self.model.text_model.encoder.layers)
         self.cache_key = preprocessing_key("hf_clip", source, self.tokenizer, self.processor, self.max_tokens,
-                                           __file__, dual_encoder.__file__)
+                                           type(self), DualEncoder)
 
     def tokenize(self, texts):
         tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from bench.backbones import dual_encoder
 from bench.backbones.dual_encoder import DualEncoder
 from bench.backbones.pixels import Normalize, as_uint8, chunks, encoding_key
 from bench.errors import BenchError, did_you_mean
@@ -83,7 +82,7 @@ class OpenCLIPBackbone(DualEncoder):
             self.hidden_size = self.model.encode_text(self.tokenizer([""])).shape[-1]
         recipe = f"{name}|{pretrained}|{preprocess}|{type(self.tokenizer).__name__}|{self.tokenizer.context_length}"
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name.split(":")[-1]).name)
-        self.cache_key = encoding_key(f"open_clip-{slug}", recipe, __file__, dual_encoder.__file__)
+        self.cache_key = encoding_key(f"open_clip-{slug}", recipe, type(self), DualEncoder)
 
     def tokenize(self, texts):
         return {"input_ids": self.tokenizer(texts)}

@@ -3,7 +3,7 @@ and so cannot cache features. `encode_images` runs the model's own processor up 
 including, its normalisation: resized/cropped pixels are still exact uint8 values, 4x smaller
 than floats in the cache and on the device; `Normalize` finishes the processor's work in `forward`."""
 import hashlib
-from pathlib import Path
+import sys
 from typing import Sequence
 
 import torch
@@ -14,12 +14,12 @@ from bench.backbones.embedded import load_image
 CHUNK = 256  # images per processor call: bounds the float temporaries of a large split
 
 
-def encoding_key(prefix: str, recipe: str, *code_files: str) -> str:
+def encoding_key(prefix: str, recipe: str, *code) -> str:
     """A backbone's `cache_key`: its preprocessing `recipe` (source, processor and tokenizer config)
-    and the code that encodes (this file and `code_files`), so an edit there never reads stale pixels."""
-    digest = hashlib.sha1(recipe.encode())
-    for f in (__file__, *code_files):
-        digest.update(Path(f).read_bytes())
+    and the source of the code that encodes (this module and `code`: the backbone's classes), so an
+    edit there never reads pixels cached before it."""
+    from bench.cache import code_digest
+    digest = hashlib.sha1((recipe + code_digest(sys.modules[__name__], *code)).encode())
     return f"{prefix}-{digest.hexdigest()[:12]}"
 
 

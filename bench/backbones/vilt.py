@@ -64,7 +64,7 @@ class ViltBackbone(Backbone):
         side = self.processor.size["shortest_edge"]
         flat = np.full((side, side, 3), IMAGENET_MEAN_RGB, dtype=np.uint8)
         self.register_buffer("mean_image", self.encode_images([flat]), persistent=False)  # [1, 4, H, W]
-        self.cache_key = preprocessing_key("vilt", source, self.tokenizer, self.processor, self.max_tokens, __file__)
+        self.cache_key = preprocessing_key("vilt", source, self.tokenizer, self.processor, self.max_tokens, type(self))
 
     def resized(self, images: list) -> list[torch.Tensor]:
         """The processor's resize: uint8 [3, h, w] each, sizes vary with the aspect ratio."""

@@ -42,9 +42,9 @@ def hf_model_and_processors(model_cls, backbone: str, arg: str | None, example: 
             hf_pretrained(AutoImageProcessor, backbone, source))
 
 
-def preprocessing_key(backbone: str, source: str, tokenizer, processor, max_tokens: int, *code_files: str) -> str:
+def preprocessing_key(backbone: str, source: str, tokenizer, processor, max_tokens: int, *code) -> str:
     """Cache key of what `encode_texts`/`encode_images` produce: source, tokenizer and processor
-    config, and the backbone's encoding code (`code_files`)."""
+    config, and the backbone's encoding code (`code`: its classes)."""
     recipe = json.dumps([source, processor.to_dict(), tokenizer.name_or_path, len(tokenizer), max_tokens],
                         sort_keys=True, default=str)
-    return encoding_key(backbone, recipe, *code_files)
+    return encoding_key(backbone, recipe, *code)
