@@ -160,7 +160,16 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
     # every split of every task (downstream ones too) is read, so validated, and encoded before any training
     data = {name: [split(tasks[t], plans[t], name) for t in range(T)] for name in ("train", "val", "test")}
     down_data = [{name: split(task, p, name) for name in ("train", "val", "test")} for task, p in zip(down_tasks, down_plans)]
-    upstream_data = data  # as loaded: downstream methods are fresh, without this method's frozen prefix
+    upstream_data = data  # as loaded: each downstream method is fresh and attaches its own frozen prefix
+
+    def with_prefix(m, data: dict):
+        """(m's frozen prefix, `data` starting from it) -- computed once per example and cached on
+        disk, or per batch without the cache -- or (None, data) when m declares none."""
+        prefix = FrozenPrefix.of(m, cfg.precision, log)
+        if prefix is None:
+            return None, data
+        attach = (lambda s: prefix.attach(s, cache_dir, cfg.eval_batch_size)) if cache_prefix else prefix.on_the_fly
+        return prefix, {name: [attach(s) for s in splits] for name, splits in data.items()}
     method.train_data = data["train"]
     # The checkpoint holds the weights and the progress together (one atomic file, so they always
     # agree); progress.json is a copy for people to read and is never read back.
@@ -179,11 +188,8 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
         except Exception as e:  # a partial or corrupt checkpoint is redone, not read
             method.load_state_dict(initial)  # undo a load that failed half-way
             log(f"[{cfg.run_id}] ignoring unreadable checkpoint ({type(e).__name__}: {e}); starting over")
-    prefix = FrozenPrefix.of(method, cfg.precision, log)  # after resuming: the prefix's weights are final
-    if prefix is not None:  # computed once per example (cached on disk), or per batch without the cache
-        attach = (lambda s: prefix.attach(s, cache_dir, cfg.eval_batch_size)) if cache_prefix else prefix.on_the_fly
-        data = {name: [attach(s) for s in splits] for name, splits in data.items()}
-        method.train_data = data["train"]
+    prefix, data = with_prefix(method, data)  # after resuming: the prefix's weights are final
+    method.train_data = data["train"]
     if compile:
         compile_backbone(method)
     groups = [[t] for t in range(T)] if not method.joint else [list(range(T))]
@@ -209,7 +215,8 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
             + " ".join("-" if v is None else f"{v:.1f}" for v in row) + f"  ({train_s:.1f}s)")
     progress.setdefault("downstream", [])
     for task, plan, task_data in list(zip(down_tasks, down_plans, down_data))[len(progress["downstream"]):]:
-        progress["downstream"].append(learn_downstream(cfg, method, tasks, plans, upstream_data, task, plan, task_data, device))
+        progress["downstream"].append(learn_downstream(cfg, method, tasks, plans, upstream_data, task, plan, task_data, device,
+                                                        with_prefix))
         save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": method.state_dict(), "progress": progress})
         write_json(progress_path, progress)
         log(f"[{cfg.run_id}] downstream {task.name}: {progress['downstream'][-1]['score']:.1f}")
@@ -261,7 +268,7 @@ def train_group(method, group: list[int], plans, data: dict, cfg: RunConfig, pre
     return trainable, stage_costs
 
 
-def learn_downstream(cfg, upstream, tasks, plans, data, task, plan, task_data, device) -> dict:
+def learn_downstream(cfg, upstream, tasks, plans, data, task, plan, task_data, device, with_prefix=None) -> dict:
     """CLiMB's phase II: a downstream task is learnt on its own, right after the upstream sequence,
     by the same method (as one more task, index T) from the upstream model. A fresh backbone and
     method over the upstream tasks + this one take the upstream state, so every downstream task
@@ -275,9 +282,10 @@ def learn_downstream(cfg, upstream, tasks, plans, data, task, plan, task_data, d
                          "so a downstream task cannot start from the upstream model")
     method.load_state_dict({**state, **{k: v for k, v in carried.items() if k in state}})
     data = {name: data[name] + [task_data[name]] for name in data}
+    prefix, data = with_prefix(method, data) if with_prefix else (None, data)
     method.train_data = data["train"]
-    trainable, stage_costs = train_group(method, [T], plans + [plan], data, cfg)
-    return {"task": task.name, "score": score(method, T, task_data["test"], cfg.eval_batch_size, cfg.precision),
+    trainable, stage_costs = train_group(method, [T], plans + [plan], data, cfg, prefix)
+    return {"task": task.name, "score": score(method, T, data["test"][T], cfg.eval_batch_size, cfg.precision),
             "chance": task.chance, "shots": plan.shots, "train_examples": len(task_data["train"]),
             "trainable": trainable, "train_s": time.time() - t0, "stages": stage_costs}
 

@@ -1,6 +1,8 @@
 """Frozen-prefix caching (bench/prefix.py): a method declaring a frozen bottom gets the same
 numbers with the cache as without, a warm cache skips the frozen backbone entirely, and a prefix
 that is not really frozen is refused."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,6 +14,8 @@ from bench.method import Method
 from bench.prefix import FrozenPrefix
 from bench.registry import METHODS, TASKS
 from conftest import ToyBackbone, run_method
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.mark.parametrize("choices", [0, 3])
@@ -42,6 +46,25 @@ def test_cached_and_uncached_prefix_give_the_same_numbers(method, tmp_path, cach
     for row_u, row_c in zip(uncached["matrix"], cached["matrix"]):
         assert row_c == pytest.approx(row_u, abs=1e-6)
     assert list((cache_dir / "prefix").rglob("*.pt"))
+
+
+@pytest.mark.parametrize("method", ["frozen", "freeze_bottom_k"])
+def test_prefix_on_multiple_choice_two_image_and_downstream_tasks(method, tmp_path, cache_dir, monkeypatch):
+    """CLiMB's sequence (NLVR2: two images; VCR: multiple choice) and its downstream tasks, each
+    learnt by a fresh method that attaches its own prefix: the same numbers with and without cache,
+    and a warm run never runs the backbone's full forward, downstream included."""
+    sets = [f"data_root={FIXTURES / 'climb'}"]
+    runs = [run_method(method, tmp_path / str(cached), cache_dir, sequence="climb_downstream", sets=sets, steps=2,
+                       cache_prefix=cached) for cached in (False, True)]
+    for row_u, row_c in zip(runs[0]["matrix"], runs[1]["matrix"]):
+        assert row_c == pytest.approx(row_u, abs=1e-6)
+    scores = [[d["score"] for d in r["downstream"]] for r in runs]
+    assert len(scores[0]) == 9 and scores[1] == pytest.approx(scores[0], abs=1e-6)
+    calls = []
+    forward = ToyBackbone.forward
+    monkeypatch.setattr(ToyBackbone, "forward", lambda self, batch: calls.append(1) or forward(self, batch))
+    warm = run_method(method, tmp_path / "warm", cache_dir, sequence="climb_downstream", sets=sets, steps=2)
+    assert len(warm["downstream"]) == 9 and not calls
 
 
 def test_a_warm_prefix_cache_never_runs_the_frozen_backbone(tmp_path, monkeypatch):
