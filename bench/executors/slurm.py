@@ -49,8 +49,8 @@ class SlurmExecutor(Executor):
         outcomes = []
         for wave in waves:
             jobs = executor.map_array(job_fn, wave)
-            print(f"submitted {len(jobs)} run(s) as {self.options.cluster} job(s) {jobs[0].job_id.split('_')[0]}; "
-                  f"logs in {folder}", flush=True)
+            ids = " ".join(dict.fromkeys(job.job_id.split("_")[0] for job in jobs))  # a Slurm array is one id
+            print(f"submitted {len(jobs)} run(s) as {self.options.cluster} job {ids}; logs in {folder}", flush=True)
             by_job = {job.job_id: cfg for job, cfg in zip(jobs, wave)}
             for job in submitit.helpers.as_completed(jobs, poll_frequency=self.options.poll_s):
                 outcomes.append(self._outcome(job, by_job[job.job_id]))
