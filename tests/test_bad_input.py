@@ -2,7 +2,6 @@
 starts with "error:" and names the problem, exit code 2, and leaves no partial results behind."""
 import errno
 import os
-import re
 import shutil
 import sys
 from pathlib import Path

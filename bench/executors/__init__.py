@@ -6,7 +6,6 @@ finished with another, and `report` reads whatever has finished.
 An executor is a class registered with `@EXECUTORS.register(name)`: its `Options` dataclass holds
 the `--set <name>.<field>=value` options, and `run(waves)` sends `run_one` to its workers and
 returns one `Outcome` per run."""
-import dataclasses
 import traceback
 import typing
 from collections import Counter
@@ -68,9 +67,9 @@ class Executor:
     class Options:
         pass
 
-    def __init__(self, opts, options=None):
+    def __init__(self, opts, options):
         self.opts = opts
-        self.options = options if options is not None else self.Options()
+        self.options = options
 
     def run(self, waves) -> list[Outcome]:
         """Run every wave (a list of RunConfigs) after the previous one has finished."""
@@ -96,14 +95,13 @@ def make_executor(name: str, opts, options: dict) -> Executor:
         if other != name:
             raise BenchError(f"--set {other}.{options[other][0][0]}=... is an option of --executor {other}, "
                              f"not of --executor {name}")
-    fields = {f.name for f in dataclasses.fields(cls.Options)}
-    hints = typing.get_type_hints(cls.Options)
+    fields = typing.get_type_hints(cls.Options)  # name -> type
     values = {}
     for field, raw in options.get(name, []):
         if field not in fields:
             raise did_you_mean(field, fields, f"{name} option") if fields else \
                 BenchError(f"executor '{name}' has no options (got --set {name}.{field})")
-        values[field] = _coerce(f"{name}.{field}", raw, hints[field])
+        values[field] = _coerce(f"{name}.{field}", raw, fields[field])
     return cls(opts, cls.Options(**values))
 
 
