@@ -1,5 +1,6 @@
 """Figures of a report, each saved as PNG and PDF: score-matrix heatmap per run, forgetting bars
 per method, final score vs parameters, per-task score curves per method."""
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,7 @@ import numpy as np
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from bench.store import write_atomic  # noqa: E402
 
@@ -59,6 +61,10 @@ def score_vs_params(table, folder: Path) -> list[Path]:
         for _, r in t.iterrows():
             ax.annotate(r["method"], (r["stored"], r[col]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
+        # parameter counts in millions: log-scale default labels overlap over a narrow range
+        millions = FuncFormatter(lambda v, _: f"{v / 1e6:.3g}M")
+        ax.xaxis.set_major_formatter(millions)
+        ax.xaxis.set_minor_formatter(millions)
         ax.set_xlabel("parameters stored after the sequence")
         ax.set_ylabel(label)
     axes[0].set_title("Score vs stored parameters")
@@ -71,7 +77,9 @@ def task_curves(runs, folder: Path) -> list[Path]:
     for method in sorted({r["method"] for r in runs}):
         mats = [_matrix(r) for r in runs if r["method"] == method]
         tasks = next(r["tasks"] for r in runs if r["method"] == method)
-        A = np.nanmean(np.stack(mats), axis=0) if len(mats) > 1 else mats[0]
+        with np.errstate(all="ignore"), warnings.catch_warnings():  # never-evaluated cells stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            A = np.nanmean(np.stack(mats), axis=0)
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for j, name in enumerate(tasks):
             ax.plot(range(len(tasks)), A[:, j], marker="o", label=name)
