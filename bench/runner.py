@@ -170,7 +170,6 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
             return None, data
         attach = (lambda s: prefix.attach(s, cache_dir, cfg.eval_batch_size)) if cache_prefix else prefix.on_the_fly
         return prefix, {name: [attach(s) for s in splits] for name, splits in data.items()}
-    method.train_data = data["train"]
     # The checkpoint holds the weights and the progress together (one atomic file, so they always
     # agree); progress.json is a copy for people to read and is never read back.
     progress_path, ckpt_path = run_dir / "progress.json", run_dir / "checkpoint.pt"
