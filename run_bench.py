@@ -25,7 +25,7 @@ def cmd_run(args):
     sets, executor_options = executor_sets(parse_sets(args.set))
     opts = ExecOptions.from_sets(sets, out=args.out, threads=args.threads, workers=args.workers)
     executor = make_executor(args.executor, opts, executor_options)
-    waves = plan(args.methods, args.seeds, sets, sequence=args.sequence, backbone=args.backbone, quick=args.quick)
+    waves = plan(args.methods, args.seeds, sets, opts.device, sequence=args.sequence, backbone=args.backbone, quick=args.quick)
     outcomes = execute_suite(waves, executor)
     print(summarize(outcomes))
     failures = [o for o in outcomes if o.status == "failed"]

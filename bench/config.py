@@ -30,7 +30,7 @@ class RunConfig:
     weight_decay: float = 0.01
     warmup: float = 0.1                      # fraction of steps with linear warm-up, then linear decay
     grad_clip: float = 1.0
-    precision: str = "fp32"                  # "bf16": autocast forward passes (GPUs; bench/precision.py)
+    precision: str = "auto"                  # bf16 autocast or fp32; "auto" is resolved (bench/precision.py)
     steps: typing.Optional[int] = None       # training steps per task; None: the sequence's
     train_cap: typing.Optional[int] = None
     test_cap: typing.Optional[int] = None
@@ -136,13 +136,14 @@ def parse_sets(pairs: list[str]) -> list[tuple[str, str]]:
 
 
 RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name not in ("method", "hparams")}
-EXEC_KEYS = ("device", "threads", "workers", "cache_dir", "cache_prefix", "compile")
+EXEC_KEYS = ("device", "threads", "workers", "cache_dir", "cache_prefix", "reuse_stages", "compile")
 
 
-def resolve(method: str, method_cls, sets: list[tuple[str, str]], **base) -> RunConfig:
+def resolve(method: str, method_cls, sets: list[tuple[str, str]], device: str = "auto", **base) -> RunConfig:
     """Build the RunConfig for one method. `sets` apply to run fields ("lr=1e-3") or to the
     method's hyper-parameters ("<method>.<field>=value"); a key naming another method is ignored
-    here (it is validated when that method is resolved)."""
+    here (it is validated when that method is resolved). precision="auto" becomes what `device`
+    runs fast, so a run's id names the precision it really used."""
     cfg = RunConfig(method=method, **base)
     hints = typing.get_type_hints(RunConfig)
     hp_fields = {f.name: f for f in dataclasses.fields(method_cls.HParams)}
@@ -163,6 +164,8 @@ def resolve(method: str, method_cls, sets: list[tuple[str, str]], **base) -> Run
         else:
             raise did_you_mean(key, list(RUN_FIELDS) + list(EXEC_KEYS), "--set key")
     hp = {**sequence_hparams(cfg.sequence, method, hp_fields, hp_hints), **hp}
+    from bench.precision import resolve_precision  # imports torch: not for `list`
+    cfg.precision = resolve_precision(cfg.precision, device)
     cfg.hparams = dataclasses.asdict(method_cls.HParams(**hp))
     return cfg
 

@@ -23,6 +23,9 @@ class Stage:
     name: str = "train"
     steps: float = 1.0
     data: float = 1.0
+    # the registered name of the method whose whole training of task t this stage is (same trained
+    # tensors, forward and loss), so the runner trains it once and reuses it (bench/reuse.py)
+    shared: str | None = None
 
 
 def head(d: int, n_classes: int, width: int | None = None) -> nn.Module:

@@ -66,7 +66,7 @@ class Workload:
 
     def config(self, method: str, sets=(), seed: int = 0):
         pairs = ([("steps", str(self.steps))] if self.steps else []) + list(sets)
-        return resolve(method, METHODS.get(method), pairs, sequence=self.sequence, backbone=self.backbone,
+        return resolve(method, METHODS.get(method), pairs, self.device, sequence=self.sequence, backbone=self.backbone,
                        seed=seed, quick=self.quick)
 
     def harness(self, cfg, **speed) -> tuple[float, dict]:

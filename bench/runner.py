@@ -25,7 +25,8 @@ from bench.precision import compile_backbone
 from bench.prefix import FrozenPrefix
 from bench.registry import METHODS, TASKS
 from bench.store import load_tensors, read_done, remove_partial_files, runs_dir, save_tensors, write_json, write_text
-from bench.train import fit
+from bench.reuse import fit_or_reuse
+from bench.train import fit, param_groups
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -112,7 +113,7 @@ def execute(cfg: RunConfig, out, *, device: str = "auto", threads: int | None = 
 
 def execute_run(cfg: RunConfig, out, *, device: str = "auto", threads: int | None = None,
                 cache_dir=None, wait: bool = True, log=print, cache_prefix: bool = True,
-                compile: bool = False) -> tuple[str, dict]:
+                reuse_stages: bool = True, compile: bool = False) -> tuple[str, dict]:
     """Run `cfg`; returns (status, metrics) with status "done" (finished before), "waited" (another
     process finished it while this one waited for the lock), "resumed" (continued from the last
     finished task of a killed attempt) or "trained". With wait=False raises RunBusy instead of
@@ -134,12 +135,13 @@ def execute_run(cfg: RunConfig, out, *, device: str = "auto", threads: int | Non
             (run_dir / "DONE").unlink()
         remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.identity())
-        return _execute(cfg, run_dir, device, cache_dir, log, cache_prefix, compile)
+        return _execute(cfg, run_dir, device, cache_dir, log, cache_prefix, reuse_stages, compile)
 
 
 def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
-             cache_prefix: bool = True, compile: bool = False) -> tuple[str, dict]:
+             cache_prefix: bool = True, reuse_stages: bool = True, compile: bool = False) -> tuple[str, dict]:
     started = time.time()
+    reuse_dir = cache_dir if reuse_stages else None
     plans = plan_tasks(cfg)
     tasks = [TASKS.get(p.name)() for p in plans]
     down_plans = plan_tasks(cfg, "downstream")
@@ -196,8 +198,8 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
         t0 = time.time()
         i = group[-1]
         names = "+".join(tasks[t].name for t in group)
-        trainable, stage_costs = train_group(method, group, plans, data, cfg, prefix)
-        train_s = time.time() - t0
+        trainable, stage_costs = train_group(method, group, plans, data, cfg, prefix, reuse_dir)
+        train_s = time.time() - t0 + reused_seconds(stage_costs)
         if method.joint:
             progress["rows"] += [[None] * T for _ in range(T - 1)]
         evaluated = range(i + 1) if method.evaluates_seen_tasks else [i]
@@ -215,7 +217,7 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
     progress.setdefault("downstream", [])
     for task, plan, task_data in list(zip(down_tasks, down_plans, down_data))[len(progress["downstream"]):]:
         progress["downstream"].append(learn_downstream(cfg, method, tasks, plans, upstream_data, task, plan, task_data, device,
-                                                        with_prefix))
+                                                        with_prefix, reuse_dir))
         save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": method.state_dict(), "progress": progress})
         write_json(progress_path, progress)
         log(f"[{cfg.run_id}] downstream {task.name}: {progress['downstream'][-1]['score']:.1f}")
@@ -237,9 +239,11 @@ def build_method(cfg: RunConfig, method_cls, backbone, tasks, device: str):
     return method
 
 
-def train_group(method, group: list[int], plans, data: dict, cfg: RunConfig, prefix=None) -> tuple[int, list[dict]]:
-    """Train tasks `group` (one task; all of them for a joint method) through the method's stages.
-    Returns the most parameters trained at once and each stage's cost."""
+def train_group(method, group: list[int], plans, data: dict, cfg: RunConfig, prefix=None,
+                reuse_dir: Path | None = None) -> tuple[int, list[dict]]:
+    """Train tasks `group` (one task; all of them for a joint method) through the method's stages;
+    a shared stage is reused from `reuse_dir` when a run has trained it (bench/reuse.py). Returns
+    the most parameters trained at once and each stage's cost."""
     i = group[-1]
     names = "+".join(method.tasks[t].name for t in group)
     torch.manual_seed(task_seed(cfg.seed, i))
@@ -255,19 +259,34 @@ def train_group(method, group: list[int], plans, data: dict, cfg: RunConfig, pre
         method.stage = stage
         method.begin_stage(i, stage)
         train = {t: data["train"][t].head(stage.data) for t in group}
+        val = {t: data["val"][t] for t in group}
         steps = max(1, round(stage.steps * sum(plans[t].steps for t in group)))
-        stats = fit(method, train, {t: data["val"][t] for t in group}, steps=steps, cfg=cfg,
-                    seed=task_seed(cfg.seed, i), desc=f"{cfg.method} s{cfg.seed} {names} {stage.name}")
+        seed = task_seed(cfg.seed, i)
+
+        def fit_stage():
+            return fit(method, train, val, steps=steps, cfg=cfg, seed=seed, desc=f"{cfg.method} s{cfg.seed} {names} {stage.name}")
+        if stage.shared and reuse_dir is not None:
+            stats = fit_or_reuse(fit_stage, method, stage.shared, param_groups(method, train, cfg), train, val, steps, cfg,
+                                 seed, reuse_dir)
+        else:
+            stats = fit_stage()
         trainable = max(trainable, stats["trainable"])
+        reused = {"reused": True} if stats.get("reused") else {}
         stage_costs.append({"task": i, "stage": stage.name, "steps": steps, "examples": sum(len(d) for d in train.values()),
-                            "trainable": stats["trainable"], "seconds": time.time() - s0,
-                            "val_best": stats["val_best"], "best_step": stats["best_step"]})
+                            "trainable": stats["trainable"], "seconds": stats.get("seconds", time.time() - s0),
+                            "val_best": stats["val_best"], "best_step": stats["best_step"], **reused})
     for t in group:
         method.end_task(t)
     return trainable, stage_costs
 
 
-def learn_downstream(cfg, upstream, tasks, plans, data, task, plan, task_data, device, with_prefix=None) -> dict:
+def reused_seconds(stage_costs: list[dict]) -> float:
+    """What the reused stages took where they were trained: a method's training cost counts them."""
+    return sum(c["seconds"] for c in stage_costs if c.get("reused"))
+
+
+def learn_downstream(cfg, upstream, tasks, plans, data, task, plan, task_data, device, with_prefix=None,
+                     reuse_dir=None) -> dict:
     """CLiMB's phase II: a downstream task is learnt on its own, right after the upstream sequence,
     by the same method (as one more task, index T) from the upstream model. A fresh backbone and
     method over the upstream tasks + this one take the upstream state, so every downstream task
@@ -283,10 +302,10 @@ def learn_downstream(cfg, upstream, tasks, plans, data, task, plan, task_data, d
     data = {name: data[name] + [task_data[name]] for name in data}
     prefix, data = with_prefix(method, data) if with_prefix else (None, data)
     method.train_data = data["train"]
-    trainable, stage_costs = train_group(method, [T], plans + [plan], data, cfg, prefix)
+    trainable, stage_costs = train_group(method, [T], plans + [plan], data, cfg, prefix, reuse_dir)
     return {"task": task.name, "score": score(method, T, data["test"][T], cfg.eval_batch_size, cfg.precision),
             "chance": task.chance, "shots": plan.shots, "train_examples": len(task_data["train"]),
-            "trainable": trainable, "train_s": time.time() - t0, "stages": stage_costs}
+            "trainable": trainable, "train_s": time.time() - t0 + reused_seconds(stage_costs), "stages": stage_costs}
 
 
 def single_task_scores(cfg: RunConfig, run_dir: Path, A) -> list | None:

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 from bench.config import TASK_OPTIONS, RunConfig, TaskPlan, _coerce, plan_tasks, resolve, validate_set_owners
 from bench.errors import BenchError
-from bench.precision import PRECISIONS
 from bench.registry import BACKBONES, METHODS, TASKS
 from bench.store import check_writable, is_done, runs_dir
 
@@ -20,6 +19,7 @@ class ExecOptions:
     workers: int | None = None  # parallel runs; default: cores // threads
     cache_dir: str | None = None  # default: the shared cache (bench/cache.py)
     cache_prefix: bool = True     # compute a method's frozen backbone prefix once per example (bench/prefix.py)
+    reuse_stages: bool = True     # train a stage shared by several methods once per seed (bench/reuse.py)
     compile: bool = False         # torch.compile the backbone (GPUs)
 
     @classmethod
@@ -36,7 +36,8 @@ class ExecOptions:
         return opts
 
 
-def plan(methods: list[str], seeds: list[int], sets: list[tuple[str, str]], **base) -> list[list[RunConfig]]:
+def plan(methods: list[str], seeds: list[int], sets: list[tuple[str, str]], device: str = "auto",
+         **base) -> list[list[RunConfig]]:
     """Waves of runs: wave 0 holds the single-task references, wave 1 everything else."""
     known = METHODS.names()
     methods = known if methods == ["all"] else methods
@@ -47,7 +48,7 @@ def plan(methods: list[str], seeds: list[int], sets: list[tuple[str, str]], **ba
         if not isinstance(s, int) or not 0 <= s <= MAX_SEED:
             raise BenchError(f"seeds must be integers from 0 to {MAX_SEED}, got {s}")
     from bench.runner import reference_config
-    runs = [resolve(m, METHODS.get(m), sets, seed=s, **base) for s in seeds for m in methods]
+    runs = [resolve(m, METHODS.get(m), sets, device, seed=s, **base) for s in seeds for m in methods]
     for cfg in runs[:1]:  # names, values and modalities are checked before anything runs
         check_config(cfg)
     refs = {r.run_id: r for r in (reference_config(c) for c in runs)}
@@ -64,7 +65,6 @@ _RANGES = [
     (("grad_clip",), lambda v: type(v) in (int, float) and v > 0, "a number > 0"),
     (("weight_decay",), lambda v: type(v) in (int, float) and v >= 0, "a number >= 0"),
     (("warmup",), lambda v: type(v) in (int, float) and 0 <= v <= 1, "a number from 0 to 1"),
-    (("precision",), lambda v: v in PRECISIONS, " or ".join(PRECISIONS)),
 ]
 
 

@@ -56,17 +56,23 @@ def _batches(train: dict, batch_size: int, generator: torch.Generator):
         yield t, batch
 
 
+def param_groups(method, tasks, cfg) -> list[dict]:
+    """The optimizer's parameter groups for training `tasks` (each parameter once)."""
+    groups = []
+    for t in tasks:
+        groups += method.trainable_parameters(t)
+    groups = _dedup_groups(groups)
+    for g in groups:
+        g.setdefault("lr", cfg.lr)
+    return groups
+
+
 def fit(method, train: dict, val: dict, *, steps: int, cfg, seed: int, desc: str = "") -> dict:
     """Train `method` on tasks `train` ({task id: EncodedSplit}) for `steps` steps.
 
     Returns {"steps", "val_best", "best_step", "trainable"}; restores the parameters of the best
     validation check (mean score over `val` tasks)."""
-    groups = []
-    for t in train:
-        groups += method.trainable_parameters(t)
-    groups = _dedup_groups(groups)
-    for g in groups:
-        g.setdefault("lr", cfg.lr)
+    groups = param_groups(method, train, cfg)
     params = [p for g in groups for p in g["params"]]
     opt = adamw(groups, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(steps, cfg.warmup))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from bench.adapters import Injector, adapter_set
-from bench.method import Method
+from bench.method import Method, Stage
 from bench.registry import METHODS
 
 
@@ -21,6 +21,7 @@ class Adapter(Method):
     HParams = AdapterHParams
     lr = 1e-3
     sites = ("attn", "ffn")
+    trains_as = "adapter"  # the registered method whose training `alone` is (its own name in subclasses that change it)
 
     def setup(self):
         self.backbone.freeze()
@@ -28,6 +29,15 @@ class Adapter(Method):
         d = self.injector.widths
         self.adapters = nn.ModuleList(adapter_set(len(self.injector), d, self.hp.reduction) for _ in self.tasks)
         self.net["adapters"] = self.adapters
+
+    def alone(self, name: str = "train") -> Stage:
+        """Adapter t and head t trained on their own: all of this method's training of a task, and
+        the first stage of methods built on it (AdapterFusion, ScaLearn, I2I's first task), so the
+        runner trains it once per seed and the others reuse it (bench/reuse.py)."""
+        return Stage(name, shared=self.trains_as)
+
+    def stages(self, t):
+        return [self.alone()]
 
     def activate(self, t: int):
         self.injector.fn = lambda i, h: h + self.adapters[t][i](h)

@@ -38,7 +38,7 @@ class AdapterFusion(Adapter):
         self.extracting = None  # the task whose adapter is being trained alone (stage "adapter")
 
     def stages(self, t):
-        adapter = Stage("adapter")
+        adapter = self.alone("adapter")
         return [adapter] if t == 0 else [adapter, Stage("fusion", steps=self.hp.fusion_steps)]
 
     def begin_stage(self, t, stage):

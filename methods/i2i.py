@@ -57,7 +57,7 @@ class I2I(Adapter):
 
     def stages(self, t):
         if t == 0:
-            return [Stage("train")]
+            return [self.alone()]
         f = self.hp.improvise_data
         return [Stage("improvise", steps=f, data=f), Stage("initialize", steps=f, data=f), Stage("train")]
 

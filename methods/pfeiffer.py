@@ -8,3 +8,4 @@ from methods.adapter import Adapter
 @METHODS.register("pfeiffer")
 class Pfeiffer(Adapter):
     sites = ("ffn",)
+    trains_as = "pfeiffer"

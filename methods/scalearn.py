@@ -80,7 +80,7 @@ class ScaLearn(Adapter):
         self.training_task = t
 
     def stages(self, t):
-        return [Stage("adapter"), Stage("scaling", steps=self.hp.scaling_steps)]
+        return [self.alone("adapter"), Stage("scaling", steps=self.hp.scaling_steps)]
 
     def begin_stage(self, t, stage):
         self.adapters.requires_grad_(stage.name == "adapter")  # scaling: the sources are frozen
