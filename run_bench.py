@@ -93,7 +93,7 @@ def main(argv=None):
     perf.add_argument("--device", default="auto")
     perf.add_argument("--repeats", type=int, default=2, help="best of N for the side-by-side timings")
     perf.add_argument("--sections", nargs="+", default=["a", "b", "c", "d", "e", "f"], choices=["a", "b", "c", "d", "e", "f"],
-                      help="a overhead, b avalanche, c cache, d leaderboard, e parallel, f precision (GPU)")
+                      help="a overhead, b avalanche, c cache, d leaderboard, e parallel, f precision (fp32 vs bf16)")
     perf.add_argument("--leaderboard", action="store_true", help="(d) measured: run the full default leaderboard (slow)")
     perf.add_argument("--cache-dir", default=None, help="data cache (default: the shared cache)")
     perf.add_argument("--scratch", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "mmcl-perf"),

@@ -1,5 +1,7 @@
 """Run configuration: dataclasses resolved from a sequence YAML, `--quick` and `--set key=value`."""
+import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import typing
@@ -45,7 +47,10 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True, default=str)
+        """Hash of the config and of what the sequence file makes of it (its tasks' steps, caps ...),
+        so an edited sequence file never passes an old run off as done."""
+        plans = [dataclasses.asdict(p) for part in ("tasks", "downstream") for p in plan_tasks(self, part)]
+        blob = json.dumps({**self.identity(), "plans": plans}, sort_keys=True, default=str)
         name = Path(self.sequence).stem  # a sequence given as a file path must not make the id a path
         return f"{name}-{self.method}-s{self.seed}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
@@ -66,6 +71,12 @@ def load_sequence(name: str) -> dict:
     if not path.exists():
         known = [p.stem for p in SEQUENCES_DIR.glob("*.yaml")]
         raise did_you_mean(name, known, "sequence")
+    st = path.stat()  # parsed once per version of the file: run ids and plans read it many times
+    return copy.deepcopy(_parse_sequence(path, st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_sequence(path: Path, mtime_ns: int, size: int) -> dict:
     try:
         with open(path) as f:
             seq = yaml.safe_load(f)

@@ -1,5 +1,6 @@
-"""Figures of a report, each saved as PNG and PDF: score-matrix heatmap per run, forgetting bars
-per method, final score vs parameters, per-task score curves per method."""
+"""Figures of a report, each saved as PNG and PDF: per method (and setting) the score matrix as a
+heatmap and the per-task score curves, both averaged over its seeds; forgetting bars per method;
+final score and transfer vs stored parameters."""
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+from bench.cache import safe_name  # noqa: E402
 from bench.store import write_atomic  # noqa: E402
 
 
@@ -28,18 +30,32 @@ def _matrix(run) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in row] for row in run["matrix"]], dtype=float)
 
 
-def heatmap(run, folder: Path) -> list[Path]:
-    A = _matrix(run)
+def by_method(runs) -> list[tuple[str, list, np.ndarray, int]]:
+    """(name, tasks, score matrix averaged over seeds, number of seeds) per method and setting; the
+    name is `<sequence>-<backbone>-<method>` (file-name safe)."""
+    groups = {}
+    for r in runs:
+        groups.setdefault((Path(r["sequence"]).stem, r["backbone"], r["method"]), []).append(r)
+    out = []
+    for (sequence, backbone, method), group in sorted(groups.items()):
+        with np.errstate(all="ignore"), warnings.catch_warnings():  # never-evaluated cells stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            A = np.nanmean(np.stack([_matrix(r) for r in group]), axis=0)
+        out.append((safe_name(f"{sequence}-{backbone}-{method}"), group[0]["tasks"], A, len(group)))
+    return out
+
+
+def heatmap(name: str, tasks: list, A: np.ndarray, n: int, folder: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(1.1 * len(A) + 2, 0.9 * len(A) + 1.5))
     im = ax.imshow(A, vmin=0, vmax=100, cmap="viridis")
     for (i, j), v in np.ndenumerate(A):
         if not np.isnan(v):
             ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="w" if v < 60 else "k", fontsize=8)
-    ax.set_xticks(range(len(A)), run["tasks"], rotation=45, ha="right")
-    ax.set_yticks(range(len(A)), [f"after {t}" for t in run["tasks"]])
-    ax.set_title(f"{run['method']} (seed {run['seed']}): score on task j after task i")
+    ax.set_xticks(range(len(A)), tasks, rotation=45, ha="right")
+    ax.set_yticks(range(len(A)), [f"after {t}" for t in tasks])
+    ax.set_title(f"{name}: score on task j after task i\n(mean of {n} seed{'s' if n > 1 else ''})")
     fig.colorbar(im, ax=ax, label="score %")
-    return _save(fig, folder / "matrix" / run["run_id"])
+    return _save(fig, folder / "matrix" / name)
 
 
 def forgetting_bars(table, folder: Path) -> list[Path]:
@@ -72,31 +88,22 @@ def score_vs_params(table, folder: Path) -> list[Path]:
     return _save(fig, folder / "score_vs_params")
 
 
-def task_curves(runs, folder: Path) -> list[Path]:
-    paths = []
-    for method in sorted({r["method"] for r in runs}):
-        mats = [_matrix(r) for r in runs if r["method"] == method]
-        tasks = next(r["tasks"] for r in runs if r["method"] == method)
-        with np.errstate(all="ignore"), warnings.catch_warnings():  # never-evaluated cells stay NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            A = np.nanmean(np.stack(mats), axis=0)
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for j, name in enumerate(tasks):
-            ax.plot(range(len(tasks)), A[:, j], marker="o", label=name)
-        ax.set_xticks(range(len(tasks)), [f"after {t}" for t in tasks], rotation=30, ha="right")
-        ax.set_ylabel("score %")
-        ax.set_ylim(0, 100)
-        ax.set_title(f"{method}: per-task score over the sequence")
-        ax.legend(fontsize=7)
-        paths += _save(fig, folder / "curves" / method)
-    return paths
+def task_curves(name: str, tasks: list, A: np.ndarray, n: int, folder: Path) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for j, task in enumerate(tasks):
+        ax.plot(range(len(tasks)), A[:, j], marker="o", label=task)
+    ax.set_xticks(range(len(tasks)), [f"after {t}" for t in tasks], rotation=30, ha="right")
+    ax.set_ylabel("score %")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{name}: per-task score over the sequence (mean of {n})", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, folder / "curves" / name)
 
 
 def write_figures(runs, table, folder: Path) -> list[Path]:
     paths = []
-    for run in runs:
-        paths += heatmap(run, folder)
+    for method in by_method(runs):
+        paths += heatmap(*method, folder) + task_curves(*method, folder)
     paths += forgetting_bars(table, folder)
     paths += score_vs_params(table, folder)
-    paths += task_curves(runs, folder)
     return paths

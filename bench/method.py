@@ -66,6 +66,16 @@ class Method:
     head_lr: float = 1e-3     # heads start from scratch
     joint: bool = False       # True: the runner trains on all tasks at once (multitask)
     evaluates_seen_tasks: bool = True  # False: only the current task is evaluated (single_task)
+    # The registered method whose training a stage of this one repeats exactly (same trained
+    # tensors, loss and forward), where `stages` says so: the runner then trains it once and
+    # reuses it (bench/reuse.py). Each class declares it for itself; a subclass that does not
+    # shares nothing, since it may have changed the loss.
+    trains_as: str | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "trains_as" not in cls.__dict__:
+            cls.trains_as = None
 
     def __init__(self, backbone: Backbone, tasks: list[Task], hp=None):
         self.backbone = backbone
@@ -88,7 +98,9 @@ class Method:
         pass
 
     def stages(self, t: int) -> list[Stage]:
-        return [Stage()]
+        """One stage; the first task's is shared with `trains_as` (nothing earlier exists that
+        could make a method's first task differ from plain fine-tuning's)."""
+        return [Stage(shared=self.trains_as if t == 0 else None)]
 
     def begin_stage(self, t: int, stage: Stage):
         """Called before each stage (after `begin_task`); `self.stage` is already set to it."""

@@ -5,17 +5,22 @@ on the same model, data tensors, optimizer and steps (a benchmark script, not a 
                  checkpoints, metrics) / a bare PyTorch loop doing the same training and evaluation
                  on the same tensors (both build the model and read the cached data; goal <= 1.03)
 (b) avalanche    avalanche-lib 0.6.0 (requirements-perf.txt) / the harness, for sequential
-                 fine-tuning (Naive), EWC and replay on the same model and cached inputs (goal >= 2)
+                 fine-tuning (Naive), EWC and replay on the same model, data and precision (goal
+                 >= 2): end to end (Avalanche's model runs the frozen image encoder per batch, as
+                 written for Avalanche; the harness reads its feature cache) and loop only
+                 (Avalanche reads the harness's cached features too)
 (c) cache        a frozen-prefix method without / with its prefix cache (goal >= 10 for methods
                  whose whole backbone is frozen)
 (d) leaderboard  the full default leaderboard's wall time (all methods x 3 seeds): estimated from
-                 one short run per method (default), or measured with `--leaderboard`
+                 short runs per method (default), or measured with `--leaderboard` (from an
+                 empty cache: image features, frozen prefixes and shared stages all computed)
 (e) parallel     two runs side by side with 1 thread each vs one after another with 2 threads
-(f) precision    fp32 vs bf16 autocast vs torch.compile (only on a CUDA device)
+(f) precision    fp32 vs bf16 autocast (+ torch.compile on a CUDA device)
 
 Model selection on validation is off (`val_checks=0`) in (a) and (b), so the bare loop and
 Avalanche need none; (c)-(e) use the default configuration. Runs go to a scratch directory that
-is removed afterwards; data come from the shared cache (bench/cache.py), filled first. The last
+is removed afterwards; data come from the shared cache (bench/cache.py), filled first, but shared
+stages (bench/reuse.py) from a store of this invocation's own, so no earlier run's stages help. The last
 line is machine-readable: `overhead_ratio=.. avalanche_ratio=.. cache_speedup=.. leaderboard_s=..`
 (`nan` for a section not run or unavailable).
 """
@@ -37,6 +42,7 @@ from bench.backbones.base import pooled
 from bench.config import plan_tasks, resolve
 from bench.data import load_split
 from bench.method import Method, logits, task_loss
+from bench.precision import autocast
 from bench.registry import METHODS, TASKS
 from bench.runner import build_method, execute, task_seed
 from bench.store import finished_runs
@@ -69,12 +75,13 @@ class Workload:
         return resolve(method, METHODS.get(method), pairs, self.device, sequence=self.sequence, backbone=self.backbone,
                        seed=seed, quick=self.quick)
 
-    def harness(self, cfg, **speed) -> tuple[float, dict]:
-        """Seconds and metrics of one fresh harness run (its own results directory)."""
+    def harness(self, cfg, reuse_stages: bool = False, **speed) -> tuple[float, dict]:
+        """Seconds and metrics of one fresh harness run (its own results directory). Shared stages
+        are trained, not reused, unless asked: a timed run must do all of its method's work."""
         out = tempfile.mkdtemp(dir=self.scratch)
         t0 = time.perf_counter()
         metrics = execute(cfg, out, device=self.device, threads=self.threads, cache_dir=self.cache_dir,
-                          log=quiet, **speed)
+                          log=quiet, reuse_stages=reuse_stages, **speed)
         return time.perf_counter() - t0, metrics
 
 
@@ -115,7 +122,8 @@ def bare_loop(cfg, wl: Workload) -> list[list[float]]:
             if batch is None:
                 batches = data["train"][i].batches(cfg.batch_size, generator)
                 batch = next(batches)
-            loss = task_loss(logits(heads[i], pooled(backbone, batch)), batch["label"], task)
+            with autocast(cfg.precision, wl.device.split(":")[0]):
+                loss = task_loss(logits(heads[i], pooled(backbone, batch)), batch["label"], task)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -123,7 +131,7 @@ def bare_loop(cfg, wl: Workload) -> list[list[float]]:
             sched.step()
         model.net.eval()
         row = []
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(cfg.precision, wl.device.split(":")[0]):
             for j in range(i + 1):
                 hits = 0.0
                 for batch in data["test"][j].batches(cfg.eval_batch_size):
@@ -135,10 +143,31 @@ def bare_loop(cfg, wl: Workload) -> list[list[float]]:
     return rows
 
 
-def avalanche_run(method: str, cfg, wl: Workload) -> list[list[float]]:
+def pixel_splits(cfg, wl: Workload) -> dict:
+    """The train and test splits as an Avalanche user's dataset holds them: the same examples, token
+    ids and labels as the cached splits, but each split's distinct images as uint8 pixels (in the
+    order of the cached features), for the frozen image encoder to run on per batch."""
+    from bench.backbones.embedded import pixels
+    from bench.data import encode
+    backbone = build_backbone(cfg.backbone)
+
+    class Pixels:  # the backbone's text encoding, images kept as pixels
+        encode_texts = backbone.encode_texts
+        encode_images = staticmethod(pixels)
+    limits = {"train": lambda p: p.train_cap, "test": lambda p: p.test_cap}
+    return {name: [encode(Pixels, TASKS.get(p.name)(), TASKS.get(p.name)().load(
+        name, limit=limit(p), shots=p.shots if name == "train" else None, seed=cfg.seed, data_root=cfg.data_root,
+        val_size=p.val_size)).to(wl.device) for p in plan_tasks(cfg)] for name, limit in limits.items()}
+
+
+def avalanche_run(method: str, cfg, wl: Workload, pixel_data: dict | None = None) -> list[list[float]]:
     """The same workload through avalanche-lib: the finetune model as a MultiTaskModule whose input
-    is (split, example index) into the same cached tensors; one epoch of `steps` x batch examples
-    per experience; after each, evaluation on the test sets seen so far (accuracy only, no loggers)."""
+    is (split, example index) into the same tensors; one epoch of `steps` x batch examples per
+    experience; after each, evaluation on the test sets seen so far (accuracy only, no loggers);
+    forward passes at the harness's precision. Without `pixel_data` it reads the harness's cached
+    image features (Avalanche's loop alone is compared); with it (`pixel_splits`, prepared outside
+    the timing) the frozen MobileNetV2 runs on each batch's images (fp32, as the cache was
+    computed), as a model written for Avalanche does."""
     from avalanche.benchmarks.scenarios import benchmark_from_datasets, task_incremental_benchmark
     from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
     from avalanche.benchmarks.utils import as_classification_dataset
@@ -149,7 +178,11 @@ def avalanche_run(method: str, cfg, wl: Workload) -> list[list[float]]:
     from torch.utils.data import TensorDataset
 
     model, plans, data = load_workload(cfg, wl)
+    if pixel_data is not None:
+        from bench.backbones.embedded import MobileNetGrid
+        data, trunk = pixel_data, MobileNetGrid().to(wl.device)
     splits = [data["train"], data["test"]]
+    device_type = wl.device.split(":")[0]
 
     class Model(MultiTaskModule):
         def __init__(self):
@@ -158,7 +191,12 @@ def avalanche_run(method: str, cfg, wl: Workload) -> list[list[float]]:
 
         def forward_single_task(self, x, task_label):
             batch = splits[int(x[0, 0])][task_label].batch(x[:, 1])
-            return logits(model.heads[task_label], pooled(model.backbone, batch))
+            if pixel_data is not None and "image_feats" in batch:
+                px = batch["image_feats"]  # [B, n_images, 3, H, W]
+                with torch.no_grad():
+                    batch["image_feats"] = trunk(px.flatten(0, 1)).view(*px.shape[:2], 4, -1)
+            with autocast(cfg.precision, device_type):
+                return logits(model.heads[task_label], pooled(model.backbone, batch)).float()
 
     def dataset(which: int, task: int, n: int):
         split = splits[which][task]
@@ -232,23 +270,35 @@ def section_avalanche(wl: Workload, say) -> float:
         say(f"(b) avalanche: unavailable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
             "install with `pip install -r requirements-perf.txt`")
         return math.nan
-    say(f"(b) avalanche {avalanche.__version__} (import {time.perf_counter() - t0:.1f} s, not counted)")
-    total_a = total_h = 0.0
+    say(f"(b) avalanche {avalanche.__version__} (import {time.perf_counter() - t0:.1f} s, not counted); seconds per run, "
+        "Avalanche / harness in wall (CPU) time; `loop`: Avalanche reads the harness's cached image features; "
+        "`end to end`: its model runs the frozen image encoder on each batch, as a model written for it does")
+    # the images as pixels, prepared once outside the timing (only the embedded backbone's encoder is rebuilt here)
+    pixel_data = pixel_splits(wl.config("finetune"), wl) if wl.backbone == "default" else None
+    totals = {}
     for method, strategy in AVALANCHE_STRATEGIES.items():
         if method not in METHODS:
             say(f"    {method}: not registered here, skipped")
             continue
         cfg = wl.config(method, [("val_checks", "0")] + AVALANCHE_MATCH.get(method, []))
-        r = best_of(1, {"avalanche": lambda: avalanche_run(method, cfg, wl), "harness": lambda: wl.harness(cfg)[1]})
-        a, h = r["avalanche"], r["harness"]
-        total_a, total_h = total_a + a.wall, total_h + h.wall
+        fns = {"loop": lambda: avalanche_run(method, cfg, wl), "harness": lambda: wl.harness(cfg)[1]}
+        if pixel_data is not None:
+            fns["end to end"] = lambda: avalanche_run(method, cfg, wl, pixel_data)
+        r = best_of(wl.repeats, fns)
+        h = r.pop("harness")
+        for kind, a in r.items():
+            totals.setdefault(kind, [0.0, 0.0])
+            totals[kind][0] += a.wall
+            totals[kind][1] += h.wall
         final = lambda m: sum(m[-1]) / len(m[-1])  # noqa: E731
-        say(f"    {method:9s} avalanche {strategy:7s} {a.wall:7.2f} s / harness {h.wall:7.2f} s = {a.wall / h.wall:5.2f}"
-            f" wall, {a.cpu / h.cpu:5.2f} CPU   (final avg: avalanche {final(a.result):.1f}, harness {final(h.result['matrix']):.1f})")
-    if not total_h:
+        say(f"    {method:9s} ({strategy:6s}) harness {h.wall:6.1f} s, final avg {final(h.result['matrix']):.1f}; "
+            + "; ".join(f"{kind} {a.wall:6.1f} s = {a.wall / h.wall:.2f} ({a.cpu / h.cpu:.2f}), final avg {final(a.result):.1f}"
+                        for kind, a in r.items()))
+    if not totals:
         return math.nan
-    say(f"    total     {total_a:.2f} s / {total_h:.2f} s = {total_a / total_h:.2f}")
-    return total_a / total_h
+    ratios = {kind: a / h for kind, (a, h) in totals.items()}
+    say("    total     " + ", ".join(f"{kind} {ratio:.2f}" for kind, ratio in ratios.items()))
+    return ratios.get("end to end", ratios["loop"])
 
 
 def prefix_methods() -> list[str]:
@@ -299,9 +349,10 @@ def makespan(durations: list[float], workers: int) -> float:
 def section_leaderboard_estimate(wl: Workload, say, seeds: int = 3) -> float:
     """Each method run at two short budgets (1/8 and 1/4 of the sequence's steps per task): their
     difference is the cost of training steps alone (evaluation, validation checks and set-up are the
-    same in both), extrapolated to the full steps. Then scheduled as the suite runs them: the
-    single-task references first, everything else after, on one one-thread worker per core. Wall
-    seconds (as measured here) and CPU seconds (what an otherwise idle core would take)."""
+    same in both), extrapolated to the full steps; stages shared between methods are trained by the
+    first method that needs them, as in the suite. Then scheduled as the local executor runs them:
+    one queue over one one-thread worker per core. Wall seconds (as measured here) and CPU seconds
+    (what an otherwise idle core would take)."""
     workers = os.cpu_count() or 1
     plans = plan_tasks(wl.config("finetune"))
     per_task = max(p.steps for p in plans)
@@ -309,7 +360,8 @@ def section_leaderboard_estimate(wl: Workload, say, seeds: int = 3) -> float:
     full = sum(p.steps for p in plans)
     per_run = {"wall": {}, "cpu": {}}
     for method in METHODS.names():
-        r = best_of(1, {n: lambda n=n: wl.harness(wl.config(method, [("steps", str(n))]))[1] for n in short})
+        r = best_of(1, {n: lambda n=n: wl.harness(wl.config(method, [("steps", str(n))]), reuse_stages=True)[1]
+                        for n in short})
         (n1, t1), (n2, t2) = r.items()
         for kind, runs in per_run.items():
             c1, c2 = getattr(t1, kind), getattr(t2, kind)
@@ -317,24 +369,23 @@ def section_leaderboard_estimate(wl: Workload, say, seeds: int = 3) -> float:
     startup = startup_seconds()
     totals = {}
     for kind, runs in per_run.items():
-        refs = [runs["single_task"]] * seeds if "single_task" in runs else []
-        rest = [s for m, s in runs.items() if m != "single_task" for _ in range(seeds)]
-        totals[kind] = 2 * startup + makespan(refs, workers) + makespan(rest, workers)
+        totals[kind] = startup + makespan([s for s in runs.values() for _ in range(seeds)], workers)
     say(f"(d) leaderboard: ESTIMATED {totals['wall']:.0f} s = {totals['wall'] / 60:.1f} min wall "
         f"({totals['cpu'] / 60:.1f} min from CPU time); {len(per_run['wall'])} methods x {seeds} seeds on {workers} "
         f"one-thread workers, from runs of {short[0]} and {short[1]} steps per task extrapolated to {full} steps; "
-        f"warm data cache; worker start-up {startup:.1f} s per wave. Seconds per run, wall (CPU):")
+        f"warm data cache; worker start-up {startup:.1f} s. Seconds per run, wall (CPU):")
     for method, s in sorted(per_run["wall"].items(), key=lambda kv: -kv[1]):
         say(f"    {method:22s} {s:7.1f} ({per_run['cpu'][method]:.1f})")
     return totals["wall"]
 
 
 def section_leaderboard(wl: Workload, say, seeds=(0, 1, 2)) -> float:
-    """The real thing: `run --methods all --seeds 0 1 2`, timed, with each method's run times."""
+    """The real thing: `run --methods all --seeds 0 1 2` from an empty cache, timed, with each
+    method's run times."""
     import run_bench
     out = Path(tempfile.mkdtemp(dir=wl.scratch))
     args = ["run", "--methods", "all", "--seeds", *map(str, seeds), "--sequence", wl.sequence,
-            "--backbone", wl.backbone, "--out", str(out), "--threads", "1", "--set", f"cache_dir={wl.cache_dir}"]
+            "--backbone", wl.backbone, "--out", str(out), "--threads", "1", "--set", f"cache_dir={out / 'empty-cache'}"]
     t0 = time.perf_counter()
     rc = run_bench.main(args + (["--quick"] if wl.quick else []) + (["--set", f"steps={wl.steps}"] if wl.steps else []))
     total = time.perf_counter() - t0
@@ -360,7 +411,7 @@ def section_parallel(wl: Workload, say) -> None:
         out = Path(tempfile.mkdtemp(dir=wl.scratch))
         run_bench.main(["run", "--methods", "finetune", "--seeds", "0", "1", "--sequence", wl.sequence, "--backbone",
                         wl.backbone, "--out", str(out), "--threads", str(threads), "--workers", str(workers),
-                        "--set", f"cache_dir={wl.cache_dir}", "--set", f"steps={steps}"])
+                        "--set", f"cache_dir={wl.cache_dir}", "--set", f"steps={steps}", "--set", "reuse_stages=false"])
         runs = finished_runs(out)
         waves = [[m["time"]["total_s"] for m in runs if (m["method"] == "single_task") == ref] for ref in (True, False)]
         results[threads] = sum(max(w) for w in waves if w) if workers == 2 else sum(sum(w) for w in waves)
@@ -369,15 +420,17 @@ def section_parallel(wl: Workload, say) -> None:
 
 
 def section_precision(wl: Workload, say) -> None:
-    if not wl.device.startswith("cuda"):
-        say("(f) precision: skipped (bf16 autocast and torch.compile are GPU options; device is cpu)")
-        return
-    cfg32, cfg16 = wl.config("finetune", [("val_checks", "0")]), wl.config("finetune", [("val_checks", "0"), ("precision", "bf16")])
-    r = best_of(wl.repeats, {"fp32": lambda: wl.harness(cfg32)[1], "bf16": lambda: wl.harness(cfg16)[1],
-                             "bf16+compile": lambda: wl.harness(cfg16, compile=True)[1]})
+    """finetune at fp32 vs bf16 autocast (what precision=auto picks on AMX CPUs and bf16 GPUs), and
+    on a GPU also bf16 + torch.compile."""
+    cfgs = {"fp32": wl.config("finetune", [("val_checks", "0"), ("precision", "fp32")]),
+            "bf16": wl.config("finetune", [("val_checks", "0"), ("precision", "bf16")])}
+    fns = {k: lambda c=c: wl.harness(c)[1] for k, c in cfgs.items()}
+    if wl.device.startswith("cuda"):
+        fns["bf16+compile"] = lambda: wl.harness(cfgs["bf16"], compile=True)[1]
+    r = best_of(wl.repeats, fns)
     final = {k: sum(t.result["matrix"][-1]) / len(t.result["matrix"][-1]) for k, t in r.items()}
-    say("(f) precision: " + ", ".join(f"{k} {t.wall:.2f} s ({r['fp32'].wall / t.wall:.2f}x, final avg {final[k]:.1f})"
-                                      for k, t in r.items()))
+    say(f"(f) precision (auto resolves to {wl.config('finetune').precision} here): "
+        + ", ".join(f"{k} {t.wall:.2f} s ({r['fp32'].wall / t.wall:.2f}x, final avg {final[k]:.1f})" for k, t in r.items()))
 
 
 def fill_cache(wl: Workload) -> float:
@@ -388,11 +441,22 @@ def fill_cache(wl: Workload) -> float:
     return time.perf_counter() - t0
 
 
+def scratch_cache(shared: Path, scratch: Path) -> Path:
+    """A cache whose data entries are the shared cache's and whose shared-stage store is empty."""
+    cache = scratch / "cache"
+    cache.mkdir()
+    for part in ("images", "splits", "prefix"):
+        (shared / part).mkdir(parents=True, exist_ok=True)
+        (cache / part).symlink_to((shared / part).resolve())
+    return cache
+
+
 def main(wl: Workload, sections=SECTIONS, leaderboard: bool = False, say=print) -> dict:
     torch.set_num_threads(wl.threads)
     wl.scratch.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=wl.scratch, prefix="perf-"))
     wl.scratch = scratch
+    wl.cache_dir = scratch_cache(wl.cache_dir, scratch)
     numbers = dict.fromkeys(("overhead_ratio", "avalanche_ratio", "cache_speedup", "leaderboard_s"), math.nan)
     try:
         steps = [p.steps for p in plan_tasks(wl.config("finetune"))]

@@ -32,9 +32,9 @@ SETTINGS = ("batch_size", "eval_batch_size", "weight_decay", "warmup", "grad_cli
 
 
 def _tensor_digest(h, tensor: torch.Tensor) -> None:
-    t = tensor.detach().contiguous().cpu()
+    t = tensor.detach().cpu()
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def rng_states(groups: list[dict]) -> list[torch.Tensor]:

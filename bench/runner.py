@@ -154,9 +154,7 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
     method = build_method(cfg, method_cls, backbone, tasks, device)
 
     def split(task, p, name):
-        limit = {"train": p.train_cap, "test": p.test_cap, "val": None}[name]
-        return load_split(backbone, task, name, cache_dir, limit=limit, shots=p.shots if name == "train" else None,
-                          seed=cfg.seed, data_root=cfg.data_root, val_size=p.val_size).to(device)
+        return plan_split(backbone, task, p, name, cfg, cache_dir).to(device)
 
     T = len(tasks)
     # every split of every task (downstream ones too) is read, so validated, and encoded before any training
@@ -189,6 +187,11 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
         except Exception as e:  # a partial or corrupt checkpoint is redone, not read
             method.load_state_dict(initial)  # undo a load that failed half-way
             log(f"[{cfg.run_id}] ignoring unreadable checkpoint ({type(e).__name__}: {e}); starting over")
+
+    def checkpoint():  # not fsynced: a checkpoint damaged by a power cut is detected and redone
+        save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": method.state_dict(), "progress": progress},
+                     durable=False)
+        write_json(progress_path, progress)
     prefix, data = with_prefix(method, data)  # after resuming: the prefix's weights are final
     method.train_data = data["train"]
     if compile:
@@ -210,21 +213,48 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
         progress["train_s"] += [train_s / len(group)] * len(group)
         progress["trainable"] += [trainable] * len(group)
         progress["fit"] += stage_costs
-        save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": method.state_dict(), "progress": progress})
-        write_json(progress_path, progress)
+        checkpoint()
         log(f"[{cfg.run_id}] task {i + 1}/{T} {names}: "
             + " ".join("-" if v is None else f"{v:.1f}" for v in row) + f"  ({train_s:.1f}s)")
     progress.setdefault("downstream", [])
     for task, plan, task_data in list(zip(down_tasks, down_plans, down_data))[len(progress["downstream"]):]:
         progress["downstream"].append(learn_downstream(cfg, method, tasks, plans, upstream_data, task, plan, task_data, device,
                                                         with_prefix, reuse_dir))
-        save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": method.state_dict(), "progress": progress})
-        write_json(progress_path, progress)
+        checkpoint()
         log(f"[{cfg.run_id}] downstream {task.name}: {progress['downstream'][-1]['score']:.1f}")
     result = finish(cfg, run_dir, progress, tasks, method, device, time.time() - started)
     if os.environ.get("MMCL_KEEP_CHECKPOINT", "1") == "0":
         ckpt_path.unlink(missing_ok=True)
     return ("resumed" if resumed else "trained"), result
+
+
+def plan_split(backbone, task, plan, name: str, cfg: RunConfig, cache_dir: Path):
+    """Split `name` of a planned task, encoded (from the cache when it is there)."""
+    limit = {"train": plan.train_cap, "test": plan.test_cap, "val": None}[name]
+    return load_split(backbone, task, name, cache_dir, limit=limit, shots=plan.shots if name == "train" else None,
+                      seed=cfg.seed, data_root=cfg.data_root, val_size=plan.val_size)
+
+
+def encode_suite_data(cfgs: list[RunConfig], cache_dir=None, threads: int | None = None) -> None:
+    """Encode every split the runs will read into the cache, once, before parallel runs start: they
+    would otherwise each encode the same images at the same time (image features, tokens)."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if threads:
+        torch.set_num_threads(threads)
+    backbones, seen = {}, set()
+    for cfg in cfgs:
+        for p in plan_tasks(cfg) + plan_tasks(cfg, "downstream"):
+            key = (cfg.backbone, cfg.data_root, p.name, p.train_cap, p.test_cap, p.val_size, p.shots,
+                   cfg.seed if p.shots else None)
+            if key in seen:
+                continue
+            seen.add(key)
+            if cfg.backbone not in backbones:
+                backbones[cfg.backbone] = build_backbone(cfg.backbone)
+            task = TASKS.get(p.name)()
+            task.prepare(cfg.data_root)
+            for name in ("train", "val", "test"):
+                plan_split(backbones[cfg.backbone], task, p, name, cfg, cache_dir)
 
 
 def build_method(cfg: RunConfig, method_cls, backbone, tasks, device: str):
@@ -308,18 +338,29 @@ def learn_downstream(cfg, upstream, tasks, plans, data, task, plan, task_data, d
             "trainable": trainable, "train_s": time.time() - t0 + reused_seconds(stage_costs), "stages": stage_costs}
 
 
+def reference_metrics(cfg: RunConfig, run_dir: Path) -> dict | None:
+    """The finished single-task reference of `cfg`, waiting for it while another process trains it
+    (executors start the references first, but need not hold every other run back until they end);
+    None when it is neither done nor running."""
+    ref_dir = run_dir.parent / reference_config(cfg).run_id
+    ref = read_done(ref_dir)
+    if ref is None and (ref_dir / "lock").exists():
+        with run_lock(ref_dir, wait=True, log=lambda *_: None):
+            ref = read_done(ref_dir)
+    return ref
+
+
 def single_task_scores(cfg: RunConfig, run_dir: Path, A) -> list | None:
     if cfg.method == "single_task":
         return [A[j][j] for j in range(len(A))]
-    ref_dir = run_dir.parent / reference_config(cfg).run_id
-    ref = read_done(ref_dir)
+    ref = reference_metrics(cfg, run_dir)
     return None if ref is None else ref["single_task"]
 
 
 def downstream_transfer(cfg: RunConfig, run_dir: Path, downstream: list[dict]) -> list[dict]:
     """Each downstream score with CLiMB's transfer against the single-task reference's (the
     pretrained backbone learning the same low-shot task): 100 (score - S) / (S - R)."""
-    ref = read_done(run_dir.parent / reference_config(cfg).run_id) if cfg.method != "single_task" else None
+    ref = reference_metrics(cfg, run_dir) if cfg.method != "single_task" else None
     ref_scores = {d["task"]: d["score"] for d in (ref or {}).get("downstream", [])}
     out = []
     for d in downstream:

@@ -20,9 +20,11 @@ class StorageError(BenchError):
     """The results directory cannot be written."""
 
 
-def write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write, durable: bool = True) -> None:
     """Write `path` through `write(binary file)` into a unique temp file, then rename it over `path`:
-    readers (and concurrent writers: two suites writing one report) see a whole file or none."""
+    readers (and concurrent writers: two suites writing one report) see a whole file or none.
+    durable=False skips the fsyncs: a killed process still leaves the whole file (the kernel has
+    it), only a power cut may not; for files whose damage is detected and redone (checkpoints)."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,10 +32,12 @@ def write_atomic(path: Path, write) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
-        _fsync_dir(path.parent)  # the rename itself survives a power cut
+        if durable:
+            _fsync_dir(path.parent)  # the rename itself survives a power cut
     except OSError as e:
         if e.errno in STORAGE_ERRNOS:
             raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
@@ -66,8 +70,8 @@ def write_text(path: Path, text: str) -> None:
     write_atomic(Path(path), lambda f: f.write(text.encode()))
 
 
-def save_tensors(path: Path, obj) -> None:
-    write_atomic(Path(path), lambda f: torch.save(obj, f))
+def save_tensors(path: Path, obj, durable: bool = True) -> None:
+    write_atomic(Path(path), lambda f: torch.save(obj, f), durable)
 
 
 def load_tensors(path: Path):

@@ -48,7 +48,9 @@ def plan(methods: list[str], seeds: list[int], sets: list[tuple[str, str]], devi
         if not isinstance(s, int) or not 0 <= s <= MAX_SEED:
             raise BenchError(f"seeds must be integers from 0 to {MAX_SEED}, got {s}")
     from bench.runner import reference_config
-    runs = [resolve(m, METHODS.get(m), sets, device, seed=s, **base) for s in seeds for m in methods]
+    # method-major: runs side by side are mostly one method's seeds, so a stage shared by several
+    # methods (bench/reuse.py) is trained by the first of them before the others reach it
+    runs = [resolve(m, METHODS.get(m), sets, device, seed=s, **base) for m in methods for s in seeds]
     for cfg in runs[:1]:  # names, values and modalities are checked before anything runs
         check_config(cfg)
     refs = {r.run_id: r for r in (reference_config(c) for c in runs)}

@@ -21,7 +21,7 @@ class Adapter(Method):
     HParams = AdapterHParams
     lr = 1e-3
     sites = ("attn", "ffn")
-    trains_as = "adapter"  # the registered method whose training `alone` is (its own name in subclasses that change it)
+    trains_as = "adapter"  # every task's training is `adapter`'s (trivially: it is `adapter`)
 
     def setup(self):
         self.backbone.freeze()
@@ -34,7 +34,7 @@ class Adapter(Method):
         """Adapter t and head t trained on their own: all of this method's training of a task, and
         the first stage of methods built on it (AdapterFusion, ScaLearn, I2I's first task), so the
         runner trains it once per seed and the others reuse it (bench/reuse.py)."""
-        return Stage(name, shared=self.trains_as)
+        return Stage(name, shared=self.trains_as)  # None: trained here
 
     def stages(self, t):
         return [self.alone()]

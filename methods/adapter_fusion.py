@@ -29,6 +29,7 @@ class AdapterFusionHParams:
 @METHODS.register("adapter_fusion")
 class AdapterFusion(Adapter):
     HParams = AdapterFusionHParams
+    trains_as = "adapter"  # stage "adapter" is `adapter`'s training of the task
 
     def setup(self):
         super().setup()

@@ -8,7 +8,7 @@ runner's one optimizer step per batch the replay loss is added to that step's lo
 step on the sum rather than two steps). Steps are counted within a task (CLiMB counts within an
 epoch), so a task shorter than `replay_every` steps gets no replay at all; `replay_every=1` is
 interleaved replay (a memory batch with every batch), the schedule that suits short budgets. The
-default sequence (40 steps per task) therefore sets `memory_fraction: 0.1, replay_every: 1` in its
+default sequence (20 steps per task) therefore sets `memory_fraction: 0.1, replay_every: 1` in its
 YAML `hparams:`; at CLiMB's values `er` would train exactly like `finetune` there. Replay batches are as large as the
 current batch, capped at the memory's size, drawn without replacement (as CLiMB). Earlier heads
 stay trainable: replay updates them, as in CLiMB.
@@ -35,6 +35,7 @@ class ERHParams:
 
 @METHODS.register("er")
 class ExperienceReplay(Method):
+    trains_as = "finetune"  # the first task is `finetune`'s: no memory before the second task
     HParams = ERHParams
 
     def setup(self):

@@ -41,6 +41,7 @@ def per_parameter_buffers(named_params) -> nn.Module:
 
 @METHODS.register("ewc")
 class EWC(Method):
+    trains_as = "finetune"  # the first task is `finetune`'s: no penalty before the second task
     HParams = EWCHParams
 
     def setup(self):

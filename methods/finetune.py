@@ -6,4 +6,4 @@ from bench.registry import METHODS
 
 @METHODS.register("finetune")
 class Finetune(Method):
-    pass
+    trains_as = "finetune"  # its first task is shared with ewc, er, lwf and single_task

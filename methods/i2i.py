@@ -50,6 +50,7 @@ class I2ILightHParams(I2IHParams):
 @METHODS.register("i2i")
 class I2I(Adapter):
     HParams = I2IHParams
+    trains_as = "adapter"  # the first task is `adapter`'s training of it
 
     def setup(self):
         super().setup()
@@ -117,3 +118,4 @@ class I2I(Adapter):
 @METHODS.register("i2i_light")
 class I2ILight(I2I):
     HParams = I2ILightHParams
+    trains_as = "adapter"

@@ -37,6 +37,7 @@ def distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
 
 @METHODS.register("lwf")
 class LwF(Method):
+    trains_as = "finetune"  # the first task is `finetune`'s: no teacher before the second task
     HParams = LwFHParams
 
     def begin_task(self, t):

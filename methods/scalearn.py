@@ -64,6 +64,7 @@ class Scaling(nn.Module):
 @METHODS.register("scalearn")
 class ScaLearn(Adapter):
     HParams = ScaLearnHParams
+    trains_as = "adapter"  # stage "adapter" is `adapter`'s training of the task
     per_site = True   # False (++): one w shared by all sites
     vector = True     # False (Uniform): one scalar per source instead of a d-vector
 
@@ -103,16 +104,19 @@ class ScaLearn(Adapter):
 
 @METHODS.register("scalearn_uniform")
 class ScaLearnUniform(ScaLearn):
+    trains_as = "adapter"
     vector = False
 
 
 @METHODS.register("scalearn_pp")
 class ScaLearnPP(ScaLearn):
+    trains_as = "adapter"
     per_site = False
 
 
 @METHODS.register("scalearn_uniform_pp")
 class ScaLearnUniformPP(ScaLearn):
     HParams = ScaLearnUniformPPHParams
+    trains_as = "adapter"
     per_site = False
     vector = False

@@ -8,6 +8,7 @@ from bench.registry import METHODS
 
 @METHODS.register("single_task")
 class SingleTask(Method):
+    trains_as = "finetune"  # the first task is `finetune`'s: the first task from the pretrained backbone
     evaluates_seen_tasks = False
 
     def setup(self):

@@ -43,24 +43,33 @@ def wait_for(condition, timeout=180):
         time.sleep(0.05)
 
 
+REAL_FLOCK = fcntl.flock
+
+
+def held_elsewhere(run_dir: Path, monkeypatch) -> threading.Event:
+    """Make `run_dir` (to be locked by the test, as "another process") and return an event set
+    when this process starts waiting for its lock."""
+    run_dir.mkdir(parents=True)
+    blocked = threading.Event()
+
+    def flock(f, op):
+        if op == fcntl.LOCK_EX and Path(f.name).parent == run_dir:
+            blocked.set()
+        return REAL_FLOCK(f, op)
+    monkeypatch.setattr(bench.runner.fcntl, "flock", flock)
+    return blocked
+
+
 def test_local_pool_sets_a_busy_run_aside_and_picks_up_its_result(tmp_path, cache_dir, monkeypatch):
     waves = toy_waves(["frozen", "finetune"])
     (ref,), (frozen, finetune) = waves
     execute(finetune, tmp_path / "elsewhere", cache_dir=cache_dir, log=lambda *_: None)  # its result, made elsewhere
     out = tmp_path / "results"
     busy_dir = runs_dir(out) / finetune.run_id
-    busy_dir.mkdir(parents=True)
-    blocked = threading.Event()  # set when the suite starts waiting for the busy run's lock
-    real_flock = fcntl.flock
-
-    def flock(f, op):
-        if op == fcntl.LOCK_EX and Path(f.name).parent == busy_dir:
-            blocked.set()
-        return real_flock(f, op)
-    monkeypatch.setattr(bench.runner.fcntl, "flock", flock)
+    blocked = held_elsewhere(busy_dir, monkeypatch)  # set when the suite starts waiting for the busy run's lock
     statuses = {}
     with open(busy_dir / "lock", "a") as held:
-        real_flock(held, fcntl.LOCK_EX)  # "another process" is training `finetune`
+        REAL_FLOCK(held, fcntl.LOCK_EX)  # "another process" is training `finetune`
         thread = threading.Thread(target=lambda: statuses.update(suite(out, cache_dir, waves)))
         thread.start()
         assert blocked.wait(180), "the suite waits for the busy run only after the rest of its wave"
@@ -70,6 +79,29 @@ def test_local_pool_sets_a_busy_run_aside_and_picks_up_its_result(tmp_path, cach
     thread.join(180)
     assert statuses == {ref.run_id: "trained", frozen.run_id: "trained", finetune.run_id: "waited"}
     assert not (busy_dir / "checkpoint.pt").exists(), "never trained here"
+
+
+def test_a_run_that_ends_before_its_reference_waits_for_it(tmp_path, cache_dir, monkeypatch):
+    """The local pool no longer holds every run back until the references end: a run that finishes
+    while another process still trains its reference waits for it, so its transfer is filled."""
+    (ref,), (finetune,) = toy_waves(["finetune"])
+    execute(ref, tmp_path / "elsewhere", cache_dir=cache_dir, log=lambda *_: None)  # the reference's result, made elsewhere
+    out = tmp_path / "results"
+    ref_dir = runs_dir(out) / ref.run_id
+    blocked = held_elsewhere(ref_dir, monkeypatch)  # set when the run starts waiting for its reference
+    result = {}
+    with open(ref_dir / "lock", "a") as held:
+        REAL_FLOCK(held, fcntl.LOCK_EX)  # "another process" is training the reference
+        thread = threading.Thread(target=lambda: result.update(execute(finetune, out, cache_dir=cache_dir, log=lambda *_: None)))
+        thread.start()
+        assert blocked.wait(180), "the run waits for its reference"
+        assert not (runs_dir(out) / finetune.run_id / "DONE").exists()
+        for name in ("metrics.json", "DONE"):  # the other process finishes the reference
+            shutil.copy(tmp_path / "elsewhere" / "runs" / ref.run_id / name, ref_dir / name)
+    thread.join(180)
+    reference = json.loads((ref_dir / "metrics.json").read_text())
+    assert result["single_task"] == reference["single_task"]
+    assert all(v is not None for v in result["summary"]["transfer"][1:])
 
 
 def test_slurm_debug_cluster_fills_the_same_store_with_the_same_numbers(tmp_path, cache_dir):

@@ -45,6 +45,28 @@ def test_perf_against_avalanche(toy):
     assert [line.split()[0] for line in lines if line.startswith("    ")] == ["finetune", "ewc", "er", "total"]
 
 
+def test_the_end_to_end_avalanche_model_computes_the_features_the_harness_caches(tmp_path, cache_dir):
+    """(b) end to end: Avalanche's model runs MobileNetV2 on each batch's pixels; it must see exactly
+    the inputs the harness reads from its cache, or the comparison would not be the same workload."""
+    import torch
+    from bench.backbones.embedded import MobileNetGrid
+    from bench.perf import load_workload, pixel_splits
+    wl = Workload(quick=True, steps=1, cache_dir=cache_dir, scratch=tmp_path)
+    cfg = wl.config("finetune")
+    _, _, cached = load_workload(cfg, wl)
+    pixels, trunk = pixel_splits(cfg, wl), MobileNetGrid()
+    for name in ("train", "test"):
+        for c, p in zip(cached[name], pixels[name], strict=True):
+            assert c.fields.keys() == p.fields.keys()
+            assert all(torch.equal(c.fields[k], p.fields[k]) for k in c.fields)
+            if c.images is None:
+                assert p.images is None
+                continue
+            assert p.images.dtype == torch.uint8 and p.images.shape[0] == c.images.shape[0]
+            with torch.inference_mode():
+                assert torch.allclose(trunk(p.images), c.images, atol=1e-4)
+
+
 def test_makespan_packs_longest_first():
     assert makespan([4, 3, 3, 2], 2) == 6  # 4+2 | 3+3
     assert makespan([5], 2) == 5 and makespan([], 2) == 0

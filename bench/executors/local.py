@@ -12,22 +12,30 @@ from bench.executors import EXECUTORS, Executor, record_failure, run_one
 @EXECUTORS.register("local")
 class LocalExecutor(Executor):
     """Runs in a pool of `workers` processes with `threads` torch threads each (default: one
-    process per core, no oversubscription). A run that another process is training (a second suite
-    on the same results directory) is set aside, and waited for once the rest of its wave is done,
-    so the two suites share the work instead of queueing behind each other."""
+    process per core, no oversubscription). Every split the runs read is encoded into the cache
+    first, in this process with every core. The waves go through one queue in order, so the
+    single-task references start first and no worker idles at the end of a wave (a run that
+    finishes before its reference waits for it, bench/runner.py `reference_metrics`). A run that
+    another process is training (a second suite on the same results directory) is set aside, and
+    waited for once the rest is done, so the two suites share the work instead of queueing behind
+    each other."""
 
     def run(self, waves):
-        from bench.runner import resolve_device
+        from bench.runner import encode_suite_data, resolve_device
         resolve_device(self.opts.device)  # an unavailable device fails before any run starts
         workers = self.opts.workers or max(1, (os.cpu_count() or 1) // max(1, self.opts.threads))
         outcomes = []
-        with tqdm(total=sum(len(w) for w in waves), desc="runs", disable=None) as bar:
-            for wave in waves:
-                finished = self._run_wave(wave, workers, wait=False, bar=bar)
-                busy = {o.run_id for o in finished if o.status == "busy"}
-                outcomes += [o for o in finished if o.status != "busy"]
-                if busy:
-                    outcomes += self._run_wave([c for c in wave if c.run_id in busy], workers, wait=True, bar=bar)
+        queue = [cfg for wave in waves for cfg in wave]
+        if not queue:
+            return []
+        if workers > 1 and len(queue) > 1:  # with every core: no worker runs yet
+            encode_suite_data(queue, self.opts.cache_dir, os.cpu_count())
+        with tqdm(total=len(queue), desc="runs", disable=None) as bar:
+            finished = self._run_wave(queue, workers, wait=False, bar=bar)
+            busy = {o.run_id for o in finished if o.status == "busy"}
+            outcomes += [o for o in finished if o.status != "busy"]
+            if busy:
+                outcomes += self._run_wave([c for c in queue if c.run_id in busy], workers, wait=True, bar=bar)
         return outcomes
 
     def _run_wave(self, wave, workers, *, wait, bar):
