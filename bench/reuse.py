@@ -26,15 +26,9 @@ from pathlib import Path
 import torch
 
 from bench.cache import code_digest, file_lock
-from bench.store import load_tensors, save_tensors
+from bench.store import load_tensors, save_tensors, update_digest
 
 SETTINGS = ("batch_size", "eval_batch_size", "weight_decay", "warmup", "grad_clip", "val_checks", "precision")
-
-
-def _tensor_digest(h, tensor: torch.Tensor) -> None:
-    t = tensor.detach().cpu()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def rng_states(groups: list[dict]) -> list[torch.Tensor]:
@@ -64,19 +58,19 @@ def stage_key(method, shared: str, groups: list[dict], train: dict, val: dict, s
     h.update(json.dumps([shared, code, settings, steps, seed, layout, sorted(train), sorted(val)], default=str).encode())
     for g in groups:
         for p in g["params"]:
-            _tensor_digest(h, p)
+            update_digest(h, p)
     for name, tensor in method.backbone.state_dict().items():
         h.update(name.encode())
-        _tensor_digest(h, tensor)
+        update_digest(h, tensor)
     for state in rng_states(groups):
-        _tensor_digest(h, state)
+        update_digest(h, state)
     for splits in (train, val):
         for t in sorted(splits):
             for name, tensor in sorted(splits[t].fields.items()):
                 h.update(f"{t}/{name}".encode())
-                _tensor_digest(h, tensor)
+                update_digest(h, tensor)
             if splits[t].images is not None:
-                _tensor_digest(h, splits[t].images)
+                update_digest(h, splits[t].images)
     return h.hexdigest()[:20]
 
 

@@ -1,6 +1,5 @@
 """One run: a method through a sequence. Evaluates after every task, checkpoints after every
 task, resumes from the last finished task, and writes `DONE` last."""
-import copy
 import fcntl
 import os
 import platform
@@ -24,7 +23,8 @@ from bench.evaluate import score
 from bench.precision import compile_backbone
 from bench.prefix import FrozenPrefix
 from bench.registry import METHODS, TASKS
-from bench.store import load_tensors, read_done, remove_partial_files, runs_dir, save_tensors, write_json, write_text
+from bench.store import (load_tensors, read_done, remove_partial_files, runs_dir, save_tensors, state_digest, write_json,
+                         write_text)
 from bench.reuse import fit_or_reuse
 from bench.train import fit, param_groups
 
@@ -171,26 +171,33 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
         attach = (lambda s: prefix.attach(s, cache_dir, cfg.eval_batch_size)) if cache_prefix else prefix.on_the_fly
         return prefix, {name: [attach(s) for s in splits] for name, splits in data.items()}
     # The checkpoint holds the weights and the progress together (one atomic file, so they always
-    # agree); progress.json is a copy for people to read and is never read back.
+    # agree); progress.json is a copy for people to read and is never read back. Its weights are
+    # the tensors that differ from the model as built (which a resumed run rebuilds identically:
+    # it is seeded), with the built model's digest, so it is never applied to another build: a
+    # frozen backbone is not written after every task.
     progress_path, ckpt_path = run_dir / "progress.json", run_dir / "checkpoint.pt"
     progress = {"rows": [], "train_s": [], "trainable": [], "fit": [], "downstream": []}
     resumed = False
+    built = {k: v.detach().clone() for k, v in method.state_dict().items()}
+    built_digest = state_digest(built)
     if ckpt_path.exists():
-        initial = copy.deepcopy(method.state_dict())
         try:
             state = load_tensors(ckpt_path)
             if state["finished"] != len(state["progress"]["rows"]):
                 raise ValueError("progress does not match the weights")
-            method.load_state_dict(state["method"])
+            if state.get("built") != built_digest:
+                raise ValueError("it was made from another build of the model")
+            method.load_state_dict({**built, **state["method"]})
             progress, resumed = state["progress"], True
             log(f"[{cfg.run_id}] resuming after task {len(progress['rows'])}/{T}")
         except Exception as e:  # a partial or corrupt checkpoint is redone, not read
-            method.load_state_dict(initial)  # undo a load that failed half-way
+            method.load_state_dict(built)  # undo a load that failed half-way
             log(f"[{cfg.run_id}] ignoring unreadable checkpoint ({type(e).__name__}: {e}); starting over")
 
     def checkpoint():  # not fsynced: a checkpoint damaged by a power cut is detected and redone
-        save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": method.state_dict(), "progress": progress},
-                     durable=False)
+        changed = {k: v for k, v in method.state_dict().items() if k not in built or not torch.equal(v, built[k])}
+        save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": changed, "built": built_digest,
+                                 "progress": progress}, durable=False)
         write_json(progress_path, progress)
     prefix, data = with_prefix(method, data)  # after resuming: the prefix's weights are final
     method.train_data = data["train"]

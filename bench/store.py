@@ -2,6 +2,7 @@
 sees a whole file or none; a run counts as finished only when its DONE marker and a readable
 metrics.json of the same run agree (`read_done`)."""
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -68,6 +69,21 @@ def write_json(path: Path, obj) -> None:
 
 def write_text(path: Path, text: str) -> None:
     write_atomic(Path(path), lambda f: f.write(text.encode()))
+
+
+def update_digest(h, tensor: torch.Tensor) -> None:
+    """Feed a tensor's dtype, shape and bytes to the hash `h` (hashlib)."""
+    t = tensor.detach().cpu()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy
+
+
+def state_digest(state: dict) -> str:
+    h = hashlib.sha1()
+    for name, tensor in state.items():
+        h.update(name.encode())
+        update_digest(h, tensor)
+    return h.hexdigest()
 
 
 def save_tensors(path: Path, obj, durable: bool = True) -> None:

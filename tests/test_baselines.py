@@ -234,7 +234,8 @@ def test_freeze_bottom_k_keeps_bottom_blocks_and_embeddings_bit_identical(run, t
     bottom = [k for k in initial if ".layer.0." in k or "embeddings" in k or k.startswith("visual_proj")]
     top = [k for k in initial if ".layer.1." in k]
     assert bottom and top
-    assert all(torch.equal(trained[k], initial[k]) for k in bottom)
+    # a checkpoint holds the tensors that differ from the model as built (bench/runner.py)
+    assert not [k for k in bottom if k in trained]
     assert all(not torch.equal(trained[k], initial[k]) for k in top)
 
 

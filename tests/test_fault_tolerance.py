@@ -22,8 +22,14 @@ TASK_LINE = re.compile(r"^\[([\w.-]+)\] task \d/4 ", re.M)
 TIME_COLUMNS = {"train_s", "total_s"}  # wall-clock, differs between any two runs
 
 
+def args(out) -> list[str]:
+    """The suite into `out`, with a cache of its own: stages trained by another results directory's
+    runs (bench/reuse.py) would let it finish before it can be killed."""
+    return [*SUITE, "--out", str(out), "--set", f"cache_dir={out}-cache"]
+
+
 def start(out):
-    return subprocess.Popen([sys.executable, str(ROOT / "run_bench.py"), *SUITE, "--out", str(out)], cwd=ROOT, env=ENV,
+    return subprocess.Popen([sys.executable, str(ROOT / "run_bench.py"), *args(out)], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -75,7 +81,7 @@ def matrices(out) -> dict:
 def test_sigkilled_suite_resumes_to_the_uninterrupted_leaderboard(tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     import run_bench  # the uninterrupted reference runs in-process (same code, one start-up less)
-    assert run_bench.main([*SUITE, "--out", str(reference)]) == 0
+    assert run_bench.main(args(reference)) == 0
     rng = random.Random(0)
     logs = []
     # 3 runs x 4 tasks: kill 1-2 tasks into a run (counted over all attempts), a random fraction of

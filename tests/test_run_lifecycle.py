@@ -115,3 +115,21 @@ def test_checkpoints_hold_weights_and_plain_values_only(run, tmp_path):
     ckpt = next((tmp_path / "r" / "runs").iterdir()) / "checkpoint.pt"
     state = torch.load(ckpt, weights_only=True)
     assert state["finished"] == len(state["progress"]["rows"]) == 4
+
+
+def test_a_checkpoint_holds_what_changed_and_is_never_applied_to_another_build(run, tmp_path, monkeypatch, cache_dir):
+    """Checkpoints leave out the tensors still as built (a frozen backbone), and carry the built
+    model's digest: a resume against a different build starts over instead of mixing the two."""
+    full = run("adapter", out=tmp_path / "full")
+    run_dir = killed_after_task(run, tmp_path / "killed", "adapter", 2, monkeypatch)
+    ckpt = run_dir / "checkpoint.pt"
+    state = load_tensors(ckpt)
+    assert not [k for k in state["method"] if k.startswith("backbone.")]  # frozen: never written
+    assert any(k.startswith("adapters.0.") for k in state["method"]) and any(k.startswith("heads.1.") for k in state["method"])
+    assert not any(k.startswith("adapters.3.") for k in state["method"])  # not trained yet
+    torch.save({**state, "built": "another build"}, ckpt)
+    logs = []
+    cfg = resolve("adapter", METHODS.get("adapter"), [], backbone="toy", quick=True)
+    status, again = execute_run(cfg, tmp_path / "killed", cache_dir=cache_dir, log=logs.append)
+    assert status == "trained" and any("another build" in line for line in logs)
+    assert again["matrix"] == full["matrix"]
