@@ -181,6 +181,19 @@ def resolve(method: str, method_cls, sets: list[tuple[str, str]], device: str = 
     return cfg
 
 
+def data_plans(cfgs, backbone: bool = False):
+    """(config, task plan) once per distinct data the runs read: task, data root, caps, validation
+    size, shots and (for low-shot sampling) seed; with `backbone`, once per encoding too."""
+    seen = set()
+    for cfg in cfgs:
+        for p in plan_tasks(cfg) + plan_tasks(cfg, "downstream"):
+            key = (cfg.backbone if backbone else None, p.name, cfg.data_root, p.train_cap, p.test_cap, p.val_size,
+                   p.shots, cfg.seed if p.shots else None)
+            if key not in seen:
+                seen.add(key)
+                yield cfg, p
+
+
 def sequence_hparams(sequence: str, method: str, fields, hints) -> dict:
     """A sequence may rescale a method's defaults to its budget (`hparams: {er: {replay_every: 1}}`);
     --set still wins."""

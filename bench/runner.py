@@ -16,7 +16,7 @@ import torch
 from bench import metrics
 from bench.backbones import build_backbone
 from bench.cache import default_cache_dir
-from bench.config import RunConfig, plan_tasks, resolve
+from bench.config import RunConfig, data_plans, plan_tasks, resolve
 from bench.data import load_split
 from bench.errors import BenchError
 from bench.evaluate import score
@@ -248,20 +248,14 @@ def encode_suite_data(cfgs: list[RunConfig], cache_dir=None, threads: int | None
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     if threads:
         torch.set_num_threads(threads)
-    backbones, seen = {}, set()
-    for cfg in cfgs:
-        for p in plan_tasks(cfg) + plan_tasks(cfg, "downstream"):
-            key = (cfg.backbone, cfg.data_root, p.name, p.train_cap, p.test_cap, p.val_size, p.shots,
-                   cfg.seed if p.shots else None)
-            if key in seen:
-                continue
-            seen.add(key)
-            if cfg.backbone not in backbones:
-                backbones[cfg.backbone] = build_backbone(cfg.backbone)
-            task = TASKS.get(p.name)()
-            task.prepare(cfg.data_root)
-            for name in ("train", "val", "test"):
-                plan_split(backbones[cfg.backbone], task, p, name, cfg, cache_dir)
+    backbones = {}
+    for cfg, p in data_plans(cfgs, backbone=True):
+        if cfg.backbone not in backbones:
+            backbones[cfg.backbone] = build_backbone(cfg.backbone)
+        task = TASKS.get(p.name)()
+        task.prepare(cfg.data_root)
+        for name in ("train", "val", "test"):
+            plan_split(backbones[cfg.backbone], task, p, name, cfg, cache_dir)
 
 
 def build_method(cfg: RunConfig, method_cls, backbone, tasks, device: str):

@@ -3,7 +3,7 @@ references that transfer needs, run first), and executes them through an executo
 import typing
 from dataclasses import dataclass
 
-from bench.config import TASK_OPTIONS, RunConfig, TaskPlan, _coerce, plan_tasks, resolve, validate_set_owners
+from bench.config import TASK_OPTIONS, RunConfig, TaskPlan, _coerce, data_plans, plan_tasks, resolve, validate_set_owners
 from bench.errors import BenchError
 from bench.registry import BACKBONES, METHODS, TASKS
 from bench.store import check_writable, is_done, runs_dir
@@ -94,19 +94,13 @@ def check_data(waves: list[list[RunConfig]]) -> None:
     """Read every task's examples once (per data options) for the runs to do, so a missing
     data_root, a malformed annotation file or an empty split is one error before anything runs,
     not the same failure in every run."""
-    seen = set()
-    for cfg in (c for wave in waves for c in wave):
-        for p in plan_tasks(cfg) + plan_tasks(cfg, "downstream"):
-            key = (p.name, cfg.data_root, p.train_cap, p.test_cap, p.val_size, p.shots, cfg.seed if p.shots else None)
-            if key in seen:
-                continue
-            seen.add(key)
-            task = TASKS.get(p.name)()
-            for split, limit in (("train", p.train_cap), ("val", None), ("test", p.test_cap)):
-                examples = task.load(split, limit=limit, shots=p.shots if split == "train" else None, seed=cfg.seed,
-                                     data_root=cfg.data_root, val_size=p.val_size)
-                if not examples:
-                    raise BenchError(f"task '{p.name}' has no {split} examples (check data_root, shots and caps)")
+    for cfg, p in data_plans(c for wave in waves for c in wave):
+        task = TASKS.get(p.name)()
+        for split, limit in (("train", p.train_cap), ("val", None), ("test", p.test_cap)):
+            examples = task.load(split, limit=limit, shots=p.shots if split == "train" else None, seed=cfg.seed,
+                                 data_root=cfg.data_root, val_size=p.val_size)
+            if not examples:
+                raise BenchError(f"task '{p.name}' has no {split} examples (check data_root, shots and caps)")
 
 
 def execute_suite(waves: list[list[RunConfig]], executor) -> list:
