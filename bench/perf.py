@@ -40,11 +40,10 @@ import torch
 from bench.backbones import build_backbone
 from bench.backbones.base import pooled
 from bench.config import plan_tasks, resolve
-from bench.data import load_split
 from bench.method import Method, logits, task_loss
 from bench.precision import autocast
 from bench.registry import METHODS, TASKS
-from bench.runner import build_method, execute, task_seed
+from bench.runner import build_method, execute, plan_split, task_seed
 from bench.store import finished_runs
 from bench.train import _schedule, adamw
 
@@ -92,11 +91,8 @@ def load_workload(cfg, wl: Workload):
     backbone = build_backbone(cfg.backbone)
     model = build_method(dataclasses.replace(cfg, method="finetune", hparams={}), METHODS.get("finetune"), backbone,
                          tasks, wl.device)
-    limits = {"train": lambda p: p.train_cap, "val": lambda p: None, "test": lambda p: p.test_cap}
-    data = {name: [load_split(backbone, task, name, wl.cache_dir, limit=limit(p), val_size=p.val_size,
-                              shots=p.shots if name == "train" else None, seed=cfg.seed,
-                              data_root=cfg.data_root).to(wl.device)
-                   for task, p in zip(tasks, plans)] for name, limit in limits.items()}
+    data = {name: [plan_split(backbone, task, p, name, cfg, wl.cache_dir).to(wl.device) for task, p in zip(tasks, plans)]
+            for name in ("train", "val", "test")}
     return model, plans, data
 
 
@@ -155,9 +151,10 @@ def pixel_splits(cfg, wl: Workload) -> dict:
         encode_texts = backbone.encode_texts
         encode_images = staticmethod(pixels)
     limits = {"train": lambda p: p.train_cap, "test": lambda p: p.test_cap}
-    return {name: [encode(Pixels, TASKS.get(p.name)(), TASKS.get(p.name)().load(
-        name, limit=limit(p), shots=p.shots if name == "train" else None, seed=cfg.seed, data_root=cfg.data_root,
-        val_size=p.val_size)).to(wl.device) for p in plan_tasks(cfg)] for name, limit in limits.items()}
+    tasks = [(TASKS.get(p.name)(), p) for p in plan_tasks(cfg)]
+    return {name: [encode(Pixels, task, task.load(name, limit=limit(p), shots=p.shots if name == "train" else None,
+                                                  seed=cfg.seed, data_root=cfg.data_root, val_size=p.val_size)).to(wl.device)
+                   for task, p in tasks] for name, limit in limits.items()}
 
 
 def avalanche_run(method: str, cfg, wl: Workload, pixel_data: dict | None = None) -> list[list[float]]:

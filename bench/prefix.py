@@ -24,7 +24,7 @@ from bench.cache import code_digest, safe_name
 from bench.data import EncodedSplit
 from bench.errors import BenchError
 from bench.precision import autocast
-from bench.store import load_tensors, save_tensors
+from bench.store import load_tensors, save_tensors, state_digest
 
 
 def hooked(module: nn.Module) -> bool:
@@ -83,9 +83,7 @@ class FrozenPrefix:
             h = hashlib.blake2b(digest_size=10)
             h.update(code_digest(type(self.backbone), Backbone).encode())
             for m in self.modules:
-                for name, t in m.state_dict().items():
-                    h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-                    h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+                h.update(state_digest(m.state_dict()).encode())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 

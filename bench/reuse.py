@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from bench.cache import code_digest, file_lock
-from bench.store import load_tensors, save_tensors, update_digest
+from bench.store import load_tensors, save_tensors, state_digest, update_digest
 
 SETTINGS = ("batch_size", "eval_batch_size", "weight_decay", "warmup", "grad_clip", "val_checks", "precision")
 
@@ -59,9 +59,7 @@ def stage_key(method, shared: str, groups: list[dict], train: dict, val: dict, s
     for g in groups:
         for p in g["params"]:
             update_digest(h, p)
-    for name, tensor in method.backbone.state_dict().items():
-        h.update(name.encode())
-        update_digest(h, tensor)
+    h.update(state_digest(method.backbone.state_dict()).encode())
     for state in rng_states(groups):
         update_digest(h, state)
     for splits in (train, val):
