@@ -171,10 +171,12 @@ def avalanche_run(method: str, cfg, wl: Workload, pixel_data: dict | None = None
     from avalanche.evaluation.metrics import accuracy_metrics
     from avalanche.models import MultiTaskModule
     from avalanche.training import EWC, Naive, Replay
+    from avalanche.training.determinism.rng_manager import RNGManager
     from avalanche.training.plugins import EvaluationPlugin
     from torch.utils.data import TensorDataset
 
     model, plans, data = load_workload(cfg, wl)
+    RNGManager.set_random_seeds(cfg.seed)  # both variants shuffle and fill the replay buffer alike
     if pixel_data is not None:
         from bench.backbones.embedded import MobileNetGrid
         data, trunk = pixel_data, MobileNetGrid().to(wl.device)
