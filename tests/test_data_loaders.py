@@ -4,6 +4,7 @@ tests/fixtures/make_fixtures.py): counts, labels and VQA soft targets in every s
 one-line errors naming the expected layout and the first bad file/line, validation before any
 training, and the CLiMB sequence (+ downstream tasks) end to end on the toy backbone."""
 import importlib.util
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -79,9 +80,15 @@ def test_vqa_targets_vocabulary_and_answers_outside_it():
 def test_answer_vocabulary_pickle_cannot_run_code(tmp_path):
     root = tmp_path / "root"
     shutil.copytree(FIXTURES / "climb" / "vqav2", root / "vqav2")
-    (root / "vqav2" / "ans2label.pkl").write_bytes(pickle.dumps({"yes": 0, "bad": print}))
-    with pytest.raises(BenchError, match="refusing to import builtins.print"):
+    marker = tmp_path / "ran"
+
+    class Payload:  # what a malicious file holds: a call made while unpickling
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+    (root / "vqav2" / "ans2label.pkl").write_bytes(pickle.dumps({"yes": 0, "bad": Payload()}))
+    with pytest.raises(BenchError, match=r"refusing to import (posix|nt)\.system"):
         TASKS.get("vqav2")().prepare(str(root))
+    assert not marker.exists()
 
 
 def test_vl_labels_images_and_texts():
