@@ -54,6 +54,16 @@ def saved_state(spec: str) -> dict:
     return torch.load(f"{path}/open_clip_pytorch_model.bin", weights_only=True)
 
 
+@pytest.mark.parametrize("spec", ["default", "vilt"])
+def test_local_weights_load_without_a_bar_per_run(tiny, spec, capfd):  # noqa: F811
+    """A model is built once per run: transformers' "Loading weights" bar would be printed by
+    every run of a suite. Its bars stay on for whatever comes next (hub downloads)."""
+    from transformers.utils import logging as hf_logging
+    build_backbone(spec if spec == "default" else tiny[spec])
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_local_weights_are_loaded(backbones, tiny, name):  # noqa: F811
     model = {"vilt": "vilt", "hf_clip": "model"}.get(name, "model")

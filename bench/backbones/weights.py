@@ -2,6 +2,7 @@
 error that says how to point at local weights when the hub cannot be reached (DESIGN §8)."""
 import json
 import os
+from contextlib import contextmanager, nullcontext
 
 from bench.backbones.pixels import encoding_key
 from bench.errors import BenchError
@@ -19,6 +20,20 @@ def fetch_hint(backbone: str, source: str) -> str:
             f"(or save_pretrained(DIR)), copy DIR here and use --backbone {backbone}:DIR")
 
 
+@contextmanager
+def no_loading_bars():
+    """transformers draws a "Loading weights" bar on every model build, i.e. once per run: noise
+    beside the suite's own progress. Only for local weights: a hub download keeps its bar."""
+    from transformers.utils import logging as hf_logging
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def hf_pretrained(cls, backbone: str, source: str, **kwargs):
     """`cls.from_pretrained(source)`; a missing directory or an unreachable hub is a BenchError."""
     source = os.path.expanduser(source)
@@ -26,7 +41,8 @@ def hf_pretrained(cls, backbone: str, source: str, **kwargs):
     if not local and source.startswith((".", "/")):
         raise BenchError(f"backbone '{backbone}': no such directory '{source}'")
     try:
-        return cls.from_pretrained(source, **kwargs)
+        with no_loading_bars() if local else nullcontext():
+            return cls.from_pretrained(source, **kwargs)
     except OSError as e:  # transformers' error for files it cannot find locally or fetch
         if local:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
