@@ -18,7 +18,6 @@ the stage is stored too, so the rest of the run goes on exactly as if it had tra
 under <cache>/stages/, written atomically; an unreadable entry is retrained. A reused stage's cost
 is reported as the seconds it took where it was trained (`reused: true` in metrics.json "stages").
 """
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 from bench.cache import code_digest, file_lock
-from bench.store import load_tensors, save_tensors, state_digest, update_digest
+from bench.store import load_tensors, save_tensors, state_digest, tensor_hash, update_digest
 
 SETTINGS = ("batch_size", "eval_batch_size", "weight_decay", "warmup", "grad_clip", "val_checks", "precision")
 
@@ -50,7 +49,7 @@ def stage_key(method, shared: str, groups: list[dict], train: dict, val: dict, s
     import bench.precision
     import bench.train
     from bench.registry import METHODS
-    h = hashlib.sha1()
+    h = tensor_hash()
     code = code_digest(bench.train, bench.evaluate, bench.precision, bench.adapters, type(method.backbone),
                        *METHODS.get(shared).__mro__[:-1])
     settings = {k: getattr(cfg, k) for k in SETTINGS}
