@@ -172,15 +172,14 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
         return prefix, {name: [attach(s) for s in splits] for name, splits in data.items()}
     # The checkpoint holds the weights and the progress together (one atomic file, so they always
     # agree); progress.json is a copy for people to read and is never read back. Its weights are
-    # the tensors written since the model was built (which a resumed run rebuilds identically: it
-    # is seeded), with the built model's digest, so it is never applied to another build: a
+    # the tensors that differ from the model as built (which a resumed run rebuilds identically:
+    # it is seeded), with the built model's digest, so it is never applied to another build: a
     # frozen backbone is not written after every task.
     progress_path, ckpt_path = run_dir / "progress.json", run_dir / "checkpoint.pt"
     progress = {"rows": [], "train_s": [], "trainable": [], "fit": [], "downstream": []}
     resumed = False
     built = {k: v.detach().clone() for k, v in method.state_dict().items()}
     built_digest = state_digest(built)
-    written = WriteTracker(method.state_dict())
     if ckpt_path.exists():
         try:
             state = load_tensors(ckpt_path)
@@ -189,17 +188,16 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
             if state.get("built") != built_digest:
                 raise ValueError("it was made from another build of the model")
             method.load_state_dict({**built, **state["method"]})
-            written = WriteTracker(method.state_dict(), changed=state["method"])
             progress, resumed = state["progress"], True
             log(f"[{cfg.run_id}] resuming after task {len(progress['rows'])}/{T}")
         except Exception as e:  # a partial or corrupt checkpoint is redone, not read
             method.load_state_dict(built)  # undo a load that failed half-way
-            written = WriteTracker(method.state_dict())
             log(f"[{cfg.run_id}] ignoring unreadable checkpoint ({type(e).__name__}: {e}); starting over")
 
     def checkpoint():  # not fsynced: a checkpoint damaged by a power cut is detected and redone
-        save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": written.since(method.state_dict()),
-                                 "built": built_digest, "progress": progress}, durable=False)
+        changed = {k: v for k, v in method.state_dict().items() if k not in built or not torch.equal(v, built[k])}
+        save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": changed, "built": built_digest,
+                                 "progress": progress}, durable=False)
         write_json(progress_path, progress)
     prefix, data = with_prefix(method, data)  # after resuming: the prefix's weights are final
     method.train_data = data["train"]
@@ -235,25 +233,6 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
     if os.environ.get("MMCL_KEEP_CHECKPOINT", "1") == "0":
         ckpt_path.unlink(missing_ok=True)
     return ("resumed" if resumed else "trained"), result
-
-
-class WriteTracker:
-    """Which tensors of a state dict were written since it was taken -- in place (torch's version
-    counter, which views share) or replaced (another storage, shape or stride) -- without reading a
-    value: a frozen backbone is never compared. `changed`: keys to count as written already."""
-
-    def __init__(self, state: dict, changed=()):
-        self.taken = {k: (v, v._version) for k, v in state.items()}  # holds the storages: no address reuse
-        self.changed = set(changed)
-
-    def since(self, state: dict) -> dict:
-        def same(k, v):
-            if k in self.changed or k not in self.taken:
-                return False
-            old, version = self.taken[k]
-            return (v.data_ptr(), v.shape, v.stride(), v.dtype, v._version) == \
-                (old.data_ptr(), old.shape, old.stride(), old.dtype, version)
-        return {k: v for k, v in state.items() if not same(k, v)}
 
 
 def plan_split(backbone, task, plan, name: str, cfg: RunConfig, cache_dir: Path):

@@ -122,6 +122,8 @@ def test_a_checkpoint_holds_what_changed_and_is_never_applied_to_another_build(r
     """Checkpoints leave out the tensors still as built (a frozen backbone), and carry the built
     model's digest: a resume against a different build starts over instead of mixing the two."""
     full = run("adapter", out=tmp_path / "full")
+    written = load_tensors(tmp_path / "full" / "runs" / full["run_id"] / "checkpoint.pt")["method"]
+    assert {k.split(".")[0] + k.split(".")[1] for k in written} == {f"{m}{t}" for m in ("adapters", "heads") for t in range(4)}
     run_dir = killed_after_task(run, tmp_path / "killed", "adapter", 2, monkeypatch)
     ckpt = run_dir / "checkpoint.pt"
     state = load_tensors(ckpt)
