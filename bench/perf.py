@@ -235,6 +235,11 @@ class Timing:
     wall: float = math.inf  # best wall-clock seconds
     cpu: float = math.inf   # best CPU seconds of this process (robust to other load on a shared machine)
     result: object = None
+    walls: list = field(default_factory=list)  # every repeat's wall seconds, to show the spread
+
+    @property
+    def median(self) -> float:
+        return sorted(self.walls)[len(self.walls) // 2]
 
 
 def best_of(repeats: int, fns: dict) -> dict[str, Timing]:
@@ -244,7 +249,8 @@ def best_of(repeats: int, fns: dict) -> dict[str, Timing]:
         for name, fn in fns.items():
             w0, c0 = time.perf_counter(), time.process_time()
             out[name].result = fn()
-            out[name].wall = min(out[name].wall, time.perf_counter() - w0)
+            out[name].walls.append(time.perf_counter() - w0)
+            out[name].wall = min(out[name].walls)
             out[name].cpu = min(out[name].cpu, time.process_time() - c0)
     return out
 
@@ -254,9 +260,9 @@ def section_overhead(wl: Workload, say) -> float:
     r = best_of(wl.repeats, {"bare": lambda: bare_loop(cfg, wl), "harness": lambda: wl.harness(cfg)[1]})
     bare, harness = r["bare"], r["harness"]
     diff = same_scores(harness.result["matrix"], bare.result)
-    say(f"(a) overhead: harness {harness.wall:.2f} s / bare PyTorch loop {bare.wall:.2f} s = {harness.wall / bare.wall:.3f}"
-        f" wall, {harness.cpu / bare.cpu:.3f} CPU ({harness.cpu:.2f} / {bare.cpu:.2f} s)"
-        f"  (finetune, best of {wl.repeats}; same scores: {'yes' if diff < 1e-6 else f'no, max diff {diff:.3g}'})")
+    say(f"(a) overhead, best of {wl.repeats}: harness {harness.wall:.2f} s / bare PyTorch loop {bare.wall:.2f} s"
+        f" = {harness.wall / bare.wall:.3f} wall, {harness.cpu / bare.cpu:.3f} CPU ({harness.cpu:.2f} / {bare.cpu:.2f} s); medians"
+        f" {harness.median / bare.median:.3f}  (finetune; same scores: {'yes' if diff < 1e-6 else f'no, max diff {diff:.3g}'})")
     return harness.wall / bare.wall
 
 
