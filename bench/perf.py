@@ -176,10 +176,12 @@ def avalanche_run(method: str, cfg, wl: Workload, pixel_data: dict | None = None
     from torch.utils.data import TensorDataset
 
     model, plans, data = load_workload(cfg, wl)
-    RNGManager.set_random_seeds(cfg.seed)  # both variants shuffle and fill the replay buffer alike
     if pixel_data is not None:
         from bench.backbones.embedded import MobileNetGrid
         data, trunk = pixel_data, MobileNetGrid().to(wl.device)
+    # after building the trunk (its random init draws from the RNG): both variants shuffle and
+    # fill the replay buffer alike
+    RNGManager.set_random_seeds(cfg.seed)
     splits = [data["train"], data["test"]]
     device_type = wl.device.split(":")[0]
 

@@ -70,3 +70,15 @@ def test_the_end_to_end_avalanche_model_computes_the_features_the_harness_caches
 def test_makespan_packs_longest_first():
     assert makespan([4, 3, 3, 2], 2) == 6  # 4+2 | 3+3
     assert makespan([5], 2) == 5 and makespan([], 2) == 0
+
+
+def test_avalanche_end_to_end_and_loop_only_train_the_same_way(tmp_path, cache_dir):
+    """Same seed, same order, same features: the two Avalanche variants differ only in where the
+    image features come from, so their scores agree (they differ from the harness's: other loss)."""
+    pytest.importorskip("avalanche", reason="avalanche-lib is optional (requirements-perf.txt)")
+    from bench.perf import avalanche_run, pixel_splits
+    wl = Workload(quick=True, steps=2, cache_dir=cache_dir, scratch=tmp_path)
+    cfg = wl.config("finetune", [("val_checks", "0"), ("precision", "fp32")])
+    loop, end_to_end = avalanche_run("finetune", cfg, wl), avalanche_run("finetune", cfg, wl, pixel_splits(cfg, wl))
+    assert len(loop) == len(end_to_end) == 4
+    assert all(a == pytest.approx(b, abs=1.0) for x, y in zip(loop, end_to_end) for a, b in zip(x, y, strict=True))
