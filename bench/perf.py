@@ -19,10 +19,10 @@ on the same model, data tensors, optimizer and steps (a benchmark script, not a 
 
 Model selection on validation is off (`val_checks=0`) in (a) and (b), so the bare loop and
 Avalanche need none; (c)-(e) use the default configuration. Runs go to a scratch directory that
-is removed afterwards; data come from the shared cache (bench/cache.py), filled first, but shared
-stages (bench/reuse.py) from a store of this invocation's own, so no earlier run's stages help. The last
-line is machine-readable: `overhead_ratio=.. avalanche_ratio=.. cache_speedup=.. leaderboard_s=..`
-(`nan` for a section not run or unavailable).
+is removed afterwards; data come from the shared cache (bench/cache.py), filled first, but frozen-
+prefix states and shared stages (bench/reuse.py) from a store of this invocation's own, so no
+earlier run's work helps. The last line is machine-readable: `overhead_ratio=.. avalanche_ratio=..
+cache_speedup=.. leaderboard_s=..` (`nan` for a section not run or unavailable).
 """
 import dataclasses
 import math
@@ -449,10 +449,11 @@ def fill_cache(wl: Workload) -> float:
 
 
 def scratch_cache(shared: Path, scratch: Path) -> Path:
-    """A cache whose data entries are the shared cache's and whose shared-stage store is empty."""
+    """A cache whose data entries (image features, encoded splits) are the shared cache's and whose
+    frozen-prefix states and shared stages start empty, so (c)'s first cached run computes them."""
     cache = scratch / "cache"
     cache.mkdir()
-    for part in ("images", "splits", "prefix"):
+    for part in ("images", "splits"):
         (shared / part).mkdir(parents=True, exist_ok=True)
         (cache / part).symlink_to((shared / part).resolve())
     return cache
