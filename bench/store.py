@@ -79,7 +79,7 @@ def tensor_hash():
 
 
 def update_digest(h, tensor: torch.Tensor) -> None:
-    """Feed a tensor's dtype, shape and bytes to the hash `h` (`tensor_hash()` or hashlib's)."""
+    """Feed a tensor's dtype, shape and bytes to the hash `h` (a `tensor_hash()`)."""
     t = tensor.detach().cpu()
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
     h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy
