@@ -53,7 +53,7 @@ def cmd_perf(args):
     wl = Workload(sequence=args.sequence, backbone=args.backbone, steps=args.steps, quick=args.quick,
                   threads=args.threads, device=resolve_device(args.device), repeats=args.repeats,
                   cache_dir=Path(args.cache_dir) if args.cache_dir else default_cache_dir(), scratch=Path(args.scratch))
-    perf(wl, args.sections, leaderboard=args.leaderboard)
+    perf(wl, args.sections, estimate_leaderboard=args.estimate_leaderboard)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -94,7 +94,8 @@ def main(argv=None):
     perf.add_argument("--repeats", type=int, default=2, help="best of N for the side-by-side timings")
     perf.add_argument("--sections", nargs="+", default=["a", "b", "c", "d", "e", "f"], choices=["a", "b", "c", "d", "e", "f"],
                       help="a overhead, b avalanche, c cache, d leaderboard, e parallel, f precision (fp32 vs bf16)")
-    perf.add_argument("--leaderboard", action="store_true", help="(d) measured: run the full default leaderboard (slow)")
+    perf.add_argument("--estimate-leaderboard", action="store_true",
+                      help="(d) extrapolated from short runs per method instead of measured (quicker, approximate)")
     perf.add_argument("--cache-dir", default=None, help="data cache (default: the shared cache)")
     perf.add_argument("--scratch", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "mmcl-perf"),
                       help="where the timed runs write (removed afterwards)")

@@ -2,6 +2,7 @@
 cached runs reproduce the harness's numbers, and the last line is machine-readable. Not timed: the
 numbers are whatever this machine gives."""
 import math
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ def test_perf_sections_run_and_end_with_the_numbers(toy, tmp_path, monkeypatch):
     names = METHODS.names()
     monkeypatch.setattr(METHODS, "names", lambda: [m for m in names if m in ("finetune", "frozen", "single_task")])
     lines = []
-    numbers = main(toy, sections=("a", "c", "d"), say=lines.append)
+    numbers = main(toy, sections=("a", "c", "d"), estimate_leaderboard=True, say=lines.append)
     last = parse(lines[-1])
     assert list(last) == ["overhead_ratio", "avalanche_ratio", "cache_speedup", "leaderboard_s"]
     assert last["overhead_ratio"] > 0 and last["cache_speedup"] > 0 and last["leaderboard_s"] > 0
@@ -35,6 +36,18 @@ def test_perf_sections_run_and_end_with_the_numbers(toy, tmp_path, monkeypatch):
     assert all("same scores: yes" in line for line in cache)  # cached == uncached
     assert any(line.startswith("(d) leaderboard: ESTIMATED") for line in lines)
     assert not list(tmp_path.glob("perf-*"))  # the scratch runs are removed
+
+
+def test_perf_measures_the_leaderboard_by_default(toy, monkeypatch):
+    monkeypatch.setattr(METHODS, "names", lambda: ["finetune", "frozen"])  # what "--methods all" means here
+    monkeypatch.setenv("MMCL_PLUGINS", str(Path(__file__).with_name("conftest.py")))  # workers register the toy backbone
+    lines = []
+    seconds = main(toy, sections=("d",), say=lines.append)["leaderboard_s"]
+    measured = next(line for line in lines if line.startswith("(d) leaderboard: MEASURED"))
+    assert seconds > 0 and "exit code 0" in measured
+    per_method = {line.split()[0]: line for line in lines if line.startswith("    ")}
+    assert {"finetune", "frozen", "single_task"} <= per_method.keys()  # the references run too
+    assert all("x 3 =" in line for line in per_method.values())  # three seeds each
 
 
 def test_perf_against_avalanche(toy):
