@@ -132,12 +132,13 @@ def test_a_checkpoint_holds_what_changed_and_is_never_applied_to_another_build(r
     assert not any(k.startswith("adapters.3.") for k in state["method"])  # not trained yet
     # killed again after a resume: what the resume loaded (adapters 0-1) is in the next checkpoint too
     killed_after_task(run, tmp_path / "killed", "adapter", 3, monkeypatch)
-    again = load_tensors(ckpt)
-    assert state["method"].keys() <= again["method"].keys() and any(k.startswith("adapters.2.") for k in again["method"])
-    assert not [k for k in again["method"] if k.startswith("backbone.")]
+    after_resume = load_tensors(ckpt)
+    assert state["method"].keys() <= after_resume["method"].keys()
+    assert any(k.startswith("adapters.2.") for k in after_resume["method"])
+    assert not [k for k in after_resume["method"] if k.startswith("backbone.")]
     shutil.copytree(tmp_path / "killed", tmp_path / "twice")
     assert run("adapter", out=tmp_path / "twice")["matrix"] == full["matrix"]
-    torch.save({**again, "built": "another build"}, ckpt)
+    torch.save({**after_resume, "built": "another build"}, ckpt)
     logs = []
     cfg = resolve("adapter", METHODS.get("adapter"), [], backbone="toy", quick=True)
     status, again = execute_run(cfg, tmp_path / "killed", cache_dir=cache_dir, log=logs.append)
