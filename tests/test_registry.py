@@ -52,6 +52,17 @@ def test_precision_auto_is_resolved_before_it_names_a_run():
         resolve("finetune", METHODS.get("finetune"), [("precision", "bf61")])
 
 
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")])
+def test_precision_auto_picks_bf16_only_on_cpus_that_run_it_natively(monkeypatch, amx, avx512_bf16, expected):
+    import torch
+
+    from bench.precision import resolve_precision
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert resolve_precision("auto", "cpu") == expected
+    assert resolve_precision("fp32", "cpu") == "fp32"
+
+
 def test_sequence_rescales_method_defaults_and_set_still_wins(tmp_path):
     seq = tmp_path / "short.yaml"
     seq.write_text("tasks: [vqa_color]\nhparams:\n  adapter: {reduction: 4}\n")
