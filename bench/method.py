@@ -71,11 +71,18 @@ class Method:
     # reuses it (bench/reuse.py). Each class declares it for itself; a subclass that does not
     # shares nothing, since it may have changed the loss.
     trains_as: str | None = None
+    # Parameter isolation: task t's predictions read only tensors that are final once task t is
+    # trained (a frozen backbone, task t's own adapters and head, earlier tasks' frozen ones), and
+    # no state that later tasks change. The runner then scores an earlier task again only if a
+    # tensor its predictions read has changed (bench/evaluate.py SettledScores). Declared per
+    # class, like `trains_as`: a subclass may change what the forward reads.
+    isolates_tasks: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if "trains_as" not in cls.__dict__:
-            cls.trains_as = None
+        for name in ("trains_as", "isolates_tasks"):
+            if name not in cls.__dict__:
+                setattr(cls, name, Method.__dict__[name])
 
     def __init__(self, backbone: Backbone, tasks: list[Task], hp=None):
         self.backbone = backbone

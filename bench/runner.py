@@ -19,7 +19,7 @@ from bench.cache import default_cache_dir
 from bench.config import RunConfig, data_plans, plan_tasks, resolve
 from bench.data import load_split
 from bench.errors import BenchError
-from bench.evaluate import score
+from bench.evaluate import SettledScores, score
 from bench.precision import compile_backbone
 from bench.prefix import FrozenPrefix
 from bench.registry import METHODS, TASKS
@@ -113,7 +113,7 @@ def execute(cfg: RunConfig, out, *, device: str = "auto", threads: int | None = 
 
 def execute_run(cfg: RunConfig, out, *, device: str = "auto", threads: int | None = None,
                 cache_dir=None, wait: bool = True, log=print, cache_prefix: bool = True,
-                reuse_stages: bool = True, compile: bool = False) -> tuple[str, dict]:
+                reuse_stages: bool = True, reuse_scores: bool = True, compile: bool = False) -> tuple[str, dict]:
     """Run `cfg`; returns (status, metrics) with status "done" (finished before), "waited" (another
     process finished it while this one waited for the lock), "resumed" (continued from the last
     finished task of a killed attempt) or "trained". With wait=False raises RunBusy instead of
@@ -135,11 +135,12 @@ def execute_run(cfg: RunConfig, out, *, device: str = "auto", threads: int | Non
             (run_dir / "DONE").unlink()
         remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.identity())
-        return _execute(cfg, run_dir, device, cache_dir, log, cache_prefix, reuse_stages, compile)
+        return _execute(cfg, run_dir, device, cache_dir, log, cache_prefix, reuse_stages, reuse_scores, compile)
 
 
 def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
-             cache_prefix: bool = True, reuse_stages: bool = True, compile: bool = False) -> tuple[str, dict]:
+             cache_prefix: bool = True, reuse_stages: bool = True, reuse_scores: bool = True,
+             compile: bool = False) -> tuple[str, dict]:
     started = time.time()
     reuse_dir = cache_dir if reuse_stages else None
     plans = plan_tasks(cfg)
@@ -203,6 +204,7 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
     method.train_data = data["train"]
     if compile:
         compile_backbone(method)
+    scores = SettledScores(method) if reuse_scores and method.isolates_tasks else None
     groups = [[t] for t in range(T)] if not method.joint else [list(range(T))]
     for group in groups[len(progress["rows"]) if not method.joint else len(progress["rows"]) // T:]:
         t0 = time.time()
@@ -215,7 +217,8 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
         evaluated = range(i + 1) if method.evaluates_seen_tasks else [i]
         row = [None] * T
         for j in evaluated:
-            row[j] = score(method, j, data["test"][j], cfg.eval_batch_size, cfg.precision)
+            args = (j, data["test"][j], cfg.eval_batch_size, cfg.precision)
+            row[j] = scores.score(*args) if scores else score(method, *args)
         progress["rows"].append(row)
         progress["train_s"] += [train_s / len(group)] * len(group)
         progress["trainable"] += [trainable] * len(group)

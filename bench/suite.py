@@ -20,6 +20,7 @@ class ExecOptions:
     cache_dir: str | None = None  # default: the shared cache (bench/cache.py)
     cache_prefix: bool = True     # compute a method's frozen backbone prefix once per example (bench/prefix.py)
     reuse_stages: bool = True     # train a stage shared by several methods once per seed (bench/reuse.py)
+    reuse_scores: bool = True     # carry settled test scores forward (bench/evaluate.py SettledScores)
     compile: bool = False         # torch.compile the backbone (GPUs)
 
     @classmethod

@@ -22,6 +22,7 @@ class Adapter(Method):
     lr = 1e-3
     sites = ("attn", "ffn")
     trains_as = "adapter"  # every task's training is `adapter`'s (trivially: it is `adapter`)
+    isolates_tasks = True  # task t reads the frozen backbone, adapters[t] and heads[t]
 
     def setup(self):
         self.backbone.freeze()

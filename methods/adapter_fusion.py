@@ -30,6 +30,7 @@ class AdapterFusionHParams:
 class AdapterFusion(Adapter):
     HParams = AdapterFusionHParams
     trains_as = "adapter"  # stage "adapter" is `adapter`'s training of the task
+    isolates_tasks = True  # task t reads adapters 0..t and fusion t, all frozen after task t
 
     def setup(self):
         super().setup()

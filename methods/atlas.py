@@ -71,6 +71,7 @@ def orthogonality(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 @METHODS.register("atlas")
 class Atlas(Adapter):
     HParams = AtlasHParams
+    isolates_tasks = True  # task t reads adapters and keys 0..t and its own queries, frozen after task t
 
     def setup(self):
         super().setup()

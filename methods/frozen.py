@@ -8,6 +8,8 @@ from bench.registry import METHODS
 
 @METHODS.register("frozen")
 class Frozen(Method):
+    isolates_tasks = True
+
     def setup(self):
         self.backbone.freeze()
 

@@ -51,6 +51,7 @@ class I2ILightHParams(I2IHParams):
 class I2I(Adapter):
     HParams = I2IHParams
     trains_as = "adapter"  # the first task is `adapter`'s training of it
+    isolates_tasks = True  # at inference task t reads its own adapter and head (the fusion is gone)
 
     def setup(self):
         super().setup()
@@ -119,3 +120,4 @@ class I2I(Adapter):
 class I2ILight(I2I):
     HParams = I2ILightHParams
     trains_as = "adapter"
+    isolates_tasks = True

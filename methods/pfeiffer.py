@@ -9,3 +9,4 @@ from methods.adapter import Adapter
 class Pfeiffer(Adapter):
     sites = ("ffn",)
     trains_as = "pfeiffer"
+    isolates_tasks = True

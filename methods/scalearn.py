@@ -65,6 +65,7 @@ class Scaling(nn.Module):
 class ScaLearn(Adapter):
     HParams = ScaLearnHParams
     trains_as = "adapter"  # stage "adapter" is `adapter`'s training of the task
+    isolates_tasks = True  # task t reads adapters 0..t and scaling t, all frozen after task t
     per_site = True   # False (++): one w shared by all sites
     vector = True     # False (Uniform): one scalar per source instead of a d-vector
 
@@ -105,12 +106,14 @@ class ScaLearn(Adapter):
 @METHODS.register("scalearn_uniform")
 class ScaLearnUniform(ScaLearn):
     trains_as = "adapter"
+    isolates_tasks = True
     vector = False
 
 
 @METHODS.register("scalearn_pp")
 class ScaLearnPP(ScaLearn):
     trains_as = "adapter"
+    isolates_tasks = True
     per_site = False
 
 
@@ -118,5 +121,6 @@ class ScaLearnPP(ScaLearn):
 class ScaLearnUniformPP(ScaLearn):
     HParams = ScaLearnUniformPPHParams
     trains_as = "adapter"
+    isolates_tasks = True
     per_site = False
     vector = False
