@@ -6,7 +6,7 @@ from torch.utils._pytree import tree_leaves
 
 from bench.data import EncodedSplit
 from bench.precision import autocast
-from bench.store import tensor_hash, update_digest
+from bench.store import state_digest
 
 
 @torch.inference_mode()
@@ -59,7 +59,8 @@ class SettledScores:
     (which of the model's registered tensors it reads); later its score is reused only while every
     one of those names still holds the same tensor object with the same contents (xxh3 digest), so
     a method that trains anything its earlier tasks read is re-scored. A forward that reads a
-    tensor outside the model is never reused."""
+    tensor outside the model, or none of it (compiled code the trace cannot see into), is never
+    reused."""
 
     def __init__(self, method):
         self.method = method
@@ -69,27 +70,19 @@ class SettledScores:
         net = self.method.net
         return {**dict(net.named_parameters(remove_duplicate=False)), **dict(net.named_buffers(remove_duplicate=False))}
 
-    @staticmethod
-    def digest(tensors: dict[str, torch.Tensor]) -> str:
-        h = tensor_hash()
-        for name in sorted(tensors):
-            h.update(name.encode())
-            update_digest(h, tensors[name])
-        return h.hexdigest()
-
     def score(self, t: int, data: EncodedSplit, batch_size: int = 256, precision: str = "fp32") -> float:
         known = self.settled.get(t)
         if known is not None:
             read, digest, value = known
             now = self.registered()
-            if all(now.get(name) is tensor for name, tensor in read.items()) and self.digest(read) == digest:
+            if all(now.get(name) is tensor for name, tensor in read.items()) and state_digest(read) == digest:
                 return value
         tensors = self.registered()
         exempt = {id(x) for x in [*data.fields.values(), data.images] if isinstance(x, torch.Tensor)}
         with TensorReads({id(x): name for name, x in tensors.items()}, exempt) as reads:
             value = score(self.method, t, data, batch_size, precision)
-        if reads.foreign:
+        if reads.foreign or not reads.read:  # read nothing of the model: the trace did not see the forward
             self.settled.pop(t, None)
         else:
-            self.settled[t] = (reads.read, self.digest(reads.read), value)
+            self.settled[t] = (reads.read, state_digest(reads.read), value)
         return value

@@ -204,7 +204,8 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
     method.train_data = data["train"]
     if compile:
         compile_backbone(method)
-    scores = SettledScores(method) if reuse_scores and method.isolates_tasks else None
+    # a compiled forward runs its ops out of sight of the trace that settles a score
+    scores = SettledScores(method) if reuse_scores and method.isolates_tasks and not compile else None
     groups = [[t] for t in range(T)] if not method.joint else [list(range(T))]
     for group in groups[len(progress["rows"]) if not method.joint else len(progress["rows"]) // T:]:
         t0 = time.time()
