@@ -71,13 +71,12 @@ class SettledScores:
         return {**dict(net.named_parameters(remove_duplicate=False)), **dict(net.named_buffers(remove_duplicate=False))}
 
     def score(self, t: int, data: EncodedSplit, batch_size: int = 256, precision: str = "fp32") -> float:
+        tensors = self.registered()
         known = self.settled.get(t)
         if known is not None:
             read, digest, value = known
-            now = self.registered()
-            if all(now.get(name) is tensor for name, tensor in read.items()) and state_digest(read) == digest:
+            if all(tensors.get(name) is tensor for name, tensor in read.items()) and state_digest(read) == digest:
                 return value
-        tensors = self.registered()
         exempt = {id(x) for x in [*data.fields.values(), data.images] if isinstance(x, torch.Tensor)}
         with TensorReads({id(x): name for name, x in tensors.items()}, exempt) as reads:
             value = score(self.method, t, data, batch_size, precision)
