@@ -1,7 +1,7 @@
 """Per-example scores (bench/examples.py): the vectors give back the cell scores that
 bench.evaluate.score computes, and examples.npz round-trips, is written whole, and is never read
 with pickle or half-read when damaged."""
-from types import SimpleNamespace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,6 +102,7 @@ def test_agrees_with_its_score_matrix_only(tmp_path):
     assert run.agrees_with([[75.0, None], [25.0, 100 * (5 / 3) / 3]])
     assert not run.agrees_with([[75.0, None], [50.0, 100 * (5 / 3) / 3]])  # a score its vector does not give
     assert not run.agrees_with([[75.0, 10.0], [25.0, 100 * (5 / 3) / 3]])  # a score without its vector
+    assert not run.agrees_with([[75.0]])  # vectors of cells the run never scored
 
 
 def test_record_refuses_what_cannot_be_stored():
@@ -113,6 +114,16 @@ def test_record_refuses_what_cannot_be_stored():
         run.record(1, 0, np.array([True, False, True]))
 
 
+class Touches:
+    """Unpickling it creates a file: what a crafted examples.npz could run instead."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return Path.touch, (self.path,)
+
+
 def test_damaged_or_pickled_file_is_not_read(tmp_path):
     run = RunExamples()
     run.record(0, 0, np.array([True, False]))
@@ -120,6 +131,8 @@ def test_damaged_or_pickled_file_is_not_read(tmp_path):
     path = tmp_path / EXAMPLES_FILE
     path.write_bytes(path.read_bytes()[:40])
     assert RunExamples.load(tmp_path) is None
-    np.savez(path, cell_0_0=np.array([SimpleNamespace()], dtype=object), splits=np.array([""]))
-    assert RunExamples.load(tmp_path) is None  # an object array would need pickle: refused
+    marker = tmp_path / "unpickled"
+    np.savez(path, cell_0_0=np.array([Touches(marker)], dtype=object), splits=np.array([""]))
+    assert RunExamples.load(tmp_path) is None
+    assert not marker.exists()  # the object array was never unpickled
     assert RunExamples.load(tmp_path / "missing") is None

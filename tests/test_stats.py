@@ -211,6 +211,7 @@ def test_verdicts_by_hand():
     assert verdict(">", -1, 1, 1) == UNDECIDED and verdict("<", -3, -0.1, 1) == REPRODUCED
     assert verdict("<", 0.1, 3, 1) == NOT_REPRODUCED and verdict("=", -0.5, 0.9, 1) == REPRODUCED
     assert verdict("=", 1.2, 3, 1) == NOT_REPRODUCED and verdict("=", 0.5, 1.5, 1) == UNDECIDED
+    assert verdict("=", -2, 2, 1) == UNDECIDED  # 0 inside, but so are differences beyond the margin
 
 
 def write_run(out, run_id, method, seed, matrix, examples: RunExamples | None, sequence="default"):
