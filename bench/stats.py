@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.errors import BenchError
 from bench.examples import RunExamples
 from bench.store import finished_runs, runs_dir
 
@@ -74,9 +75,8 @@ def load_settings(out) -> list[Setting]:
     for where, run_keys in keys.items():
         common = Counter(k for _, k in run_keys).most_common(1)[0][0]
         setting = settings[where]
-        kept = [(rid, run) for (rid, k), run in zip(run_keys, setting.runs) if k == common]
         setting.excluded.update({rid: "scored other test examples" for rid, k in run_keys if k != common})
-        setting.runs = [run for _, run in kept]
+        setting.runs = [run for (_, k), run in zip(run_keys, setting.runs) if k == common]
     return list(settings.values())
 
 
@@ -109,9 +109,9 @@ class Bootstrap:
 
 
 class CellMatrix:
-    """All runs' cells of a setting stacked per task j: X_j [K_j, n_j] in %, and where each row
-    goes in the array A[method, seed, row i, task j]; `metrics()` turns example counts (one
-    bootstrap draw per batch row) into the per-seed metrics."""
+    """All runs' cells of a setting stacked per task j: X_j [K_j, n_j] (per-example scores), and
+    where each row goes in the array A[method, seed, row i, task j]; `cells()` turns example counts
+    (one bootstrap draw per row) into A in %, `per_seed()` A into the per-seed metrics."""
 
     def __init__(self, runs: list[Run], methods: list[str], seeds: list[int], reference: str | None, baseline: str | None):
         self.T = 1 + max(j for r in runs for (_, j) in r.cells)
@@ -160,14 +160,14 @@ class CellMatrix:
             return np.full(A.shape[:2] + A.shape[-1:], np.nan)
         diag = np.stack([A[:, :, j, j] for j in range(1, self.T)], axis=2)  # [M, S, T-1, B]
         S, R = diag[self.ref][None], self.chance[1:, None]
-        per_task = 100.0 * (diag - S) / (S - R)
-        defined = ~np.isnan(per_task)
-        with np.errstate(invalid="ignore"):  # a method with no diagonal cell at all: NaN, as metrics' None
-            return np.where(defined, per_task, 0).sum(axis=2) / defined.sum(axis=2)
+        with np.errstate(divide="ignore", invalid="ignore"):  # undefined where S_j = R_j, as in metrics
+            per_task = np.where(S == R, np.nan, 100.0 * (diag - S) / (S - R))
+            defined = ~np.isnan(per_task)
+            return np.where(defined, per_task, 0).sum(axis=2) / defined.sum(axis=2)  # none defined: NaN
 
     def poi(self, last: np.ndarray) -> np.ndarray:
-        """Per-seed-pair improvement indicators over the baseline on each task's final score, for
-        `weighted_poi`: [M, S, S', T, B] with 1 (x > y), 1/2 (tie), 0."""
+        """Improvement over the baseline of each method's seed s against the baseline's seed s' on
+        each task's final score: [M, S, S', T, B], 1 (x > y), 1/2 (tie), 0 (NaN: no final row)."""
         x, y = last[:, :, None], last[self.base][None, None]
         return (x > y) + 0.5 * (x == y) + np.where(np.isnan(x) | np.isnan(y), np.nan, 0)
 
@@ -203,6 +203,8 @@ def bootstrap(runs: list[Run], *, reference: str | None = "single_task", baselin
     `reference`: the single-task method giving S_j for transfer; `baseline`: the method that
     probability of improvement ("poi") is measured against."""
     from scipy.stats import bootstrap as scipy_bootstrap
+    if not runs:
+        raise BenchError("no runs with per-example scores to bootstrap")
     runs, seeds, lacking = balanced(runs)
     methods = list(dict.fromkeys(r.method for r in runs))
     cm = CellMatrix(runs, methods, seeds, reference, baseline)

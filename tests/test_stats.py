@@ -38,6 +38,8 @@ def test_point_estimates_are_bench_metrics_of_the_cell_means():
     runs = (runs_of("seq", [[.8, 0, 0], [.6, .7, 0], [.5, .65, .9]], rng=rng)
             + runs_of("multitask", [[.9] * 3] * 3, rng=rng, cells=[(2, 0), (2, 1), (2, 2)])
             + runs_of("single_task", [[.85, 0, 0], [0, .6, 0], [0, 0, .7]], rng=rng, cells=[(0, 0), (1, 1), (2, 2)]))
+    for r in runs[-3:]:  # the reference at chance on task 2 (25 %): transfer there is undefined
+        r.cells[(2, 2)] = np.arange(200) < 50
     boot = bootstrap(runs, n_resamples=200)
     for method in ("seq", "multitask", "single_task"):
         per_seed = []
