@@ -27,6 +27,21 @@ class Claim:
     margin: float = 1.0  # points; only for "="
 
 
+# The papers' claims (issue #18 item 9), as the README prints them with their verdicts.
+PAPER_CLAIMS = [
+    *(Claim(f"{m} does not forget (adapters: frozen backbone)", "forgetting", m, 0.0, "=", margin=0.5)
+      for m in ("adapter", "pfeiffer", "adapter_fusion", "i2i", "scalearn", "atlas")),
+    Claim("I2I transfers more than adapter (same inference cost)", "transfer_mean", "i2i", "adapter", ">"),
+    Claim("ScaLearn is on par with AdapterFusion (final avg within 1 point)", "final_avg", "scalearn", "adapter_fusion", "=",
+          margin=1.0),
+    Claim("ScaLearn transfers as much as AdapterFusion (within 1 point)", "transfer_mean", "scalearn", "adapter_fusion", "=",
+          margin=1.0),
+    Claim("ATLAS transfers more than adapter", "transfer_mean", "atlas", "adapter", ">"),
+    *(Claim(f"finetune forgets more than {m}", "forgetting", "finetune", m, ">") for m in ("ewc", "er", "lwf")),
+    *(Claim(f"{m} forgets more than adapter", "forgetting", m, "adapter", ">") for m in ("ewc", "er", "lwf")),
+]
+
+
 def effect_replicates(boot: Bootstrap, claim: Claim) -> tuple[float, np.ndarray]:
     """(a - b, its bootstrap replicates) on the claim's metric."""
     point, reps = boot.point[claim.metric], boot.replicates[claim.metric]

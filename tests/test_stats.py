@@ -242,3 +242,12 @@ def test_load_settings_leaves_out_runs_whose_examples_do_not_pair(tmp_path):
     assert [(r.method, r.seed) for r in default.runs] == [("a", 0), ("a", 1)]
     assert set(default.excluded) == {"nofile", "stale", "otherset"}
     assert [(r.method, r.seed) for r in settings["climb"].runs] == [("a", 0)]
+
+
+def test_paper_claims_name_registered_methods_and_metrics():
+    from bench.claims import PAPER_CLAIMS
+    from bench.registry import METHODS
+    from bench.stats import METRICS
+    for c in PAPER_CLAIMS:
+        assert c.metric in METRICS and c.direction in "<>="
+        assert c.a in METHODS.names() and (not isinstance(c.b, str) or c.b in METHODS.names()), c.text
