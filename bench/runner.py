@@ -17,6 +17,7 @@ from bench import metrics
 from bench.backbones import build_backbone
 from bench.cache import default_cache_dir
 from bench.config import RunConfig, data_plans, plan_tasks, resolve
+from bench.context import TaskContext
 from bench.data import load_split
 from bench.errors import BenchError
 from bench.evaluate import SettledScores, score
@@ -201,7 +202,6 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
                                  "progress": progress}, durable=False)
         write_json(progress_path, progress)
     prefix, data = with_prefix(method, data)  # after resuming: the prefix's weights are final
-    method.train_data = data["train"]
     if compile:
         compile_backbone(method)
     # a compiled forward runs its ops out of sight of the trace that settles a score
@@ -265,10 +265,6 @@ def encode_suite_data(cfgs: list[RunConfig], cache_dir=None, threads: int | None
 def build_method(cfg: RunConfig, method_cls, backbone, tasks, device: str):
     torch.manual_seed(task_seed(cfg.seed, -1))  # heads and method modules: seeded per run
     method = method_cls(backbone, tasks, method_cls.HParams(**cfg.hparams))
-    if cfg.lr is not None:
-        method.lr = cfg.lr
-    if cfg.head_lr is not None:
-        method.head_lr = cfg.head_lr
     method.setup()
     method.net.to(device)
     return method
@@ -281,28 +277,28 @@ def train_group(method, group: list[int], plans, data: dict, cfg: RunConfig, pre
     the most parameters trained at once and each stage's cost."""
     i = group[-1]
     names = "+".join(method.tasks[t].name for t in group)
-    torch.manual_seed(task_seed(cfg.seed, i))
-    for t in group:
-        method.begin_task(t)
-        if plans[t].lr is not None:
-            method.lr = plans[t].lr
+    # the task's own settings; a joint group takes its last task's learning rate
+    ctx = TaskContext(task=i, tasks=tuple(group), train_data=data["train"], seed=task_seed(cfg.seed, i),
+                      lr=first_set(plans[i].lr, type(method).lr), head_lr=first_set(cfg.head_lr, type(method).head_lr),
+                      precision=cfg.precision)
+    torch.manual_seed(ctx.seed)
+    method.begin_task(ctx)
     if prefix is not None:
         prefix.check()  # the cached states stay valid only while the prefix stays frozen
     trainable, stage_costs = 0, []
     for stage in method.stages(i):
         s0 = time.time()
-        method.stage = stage
-        method.begin_stage(i, stage)
+        stage_ctx = ctx.at(stage)
+        method.begin_stage(stage_ctx)
         train = {t: data["train"][t].head(stage.data) for t in group}
         val = {t: data["val"][t] for t in group}
         steps = max(1, round(stage.steps * sum(plans[t].steps for t in group)))
-        seed = task_seed(cfg.seed, i)
 
         def fit_stage():
-            return fit(method, train, val, steps=steps, cfg=cfg, seed=seed, desc=f"{cfg.method} s{cfg.seed} {names} {stage.name}")
+            return fit(method, stage_ctx, train, val, steps=steps, cfg=cfg, desc=f"{cfg.method} s{cfg.seed} {names} {stage.name}")
         if stage.shared and reuse_dir is not None:
-            stats = fit_or_reuse(fit_stage, method, stage.shared, param_groups(method, train, cfg), train, val, steps, cfg,
-                                 seed, reuse_dir)
+            stats = fit_or_reuse(fit_stage, method, stage.shared, param_groups(method, stage_ctx), train, val, steps, cfg,
+                                 ctx.seed, reuse_dir)
         else:
             stats = fit_stage()
         trainable = max(trainable, stats["trainable"])
@@ -310,9 +306,12 @@ def train_group(method, group: list[int], plans, data: dict, cfg: RunConfig, pre
         stage_costs.append({"task": i, "stage": stage.name, "steps": steps, "examples": sum(len(d) for d in train.values()),
                             "trainable": stats["trainable"], "seconds": stats.get("seconds", time.time() - s0),
                             "val_best": stats["val_best"], "best_step": stats["best_step"], **reused})
-    for t in group:
-        method.end_task(t)
+    method.end_task(ctx)
     return trainable, stage_costs
+
+
+def first_set(*values):
+    return next(v for v in values if v is not None)
 
 
 def reused_seconds(stage_costs: list[dict]) -> float:
@@ -336,7 +335,6 @@ def learn_downstream(cfg, upstream, tasks, plans, data, task, plan, task_data, d
     method.load_state_dict({**state, **{k: v for k, v in carried.items() if k in state}})
     data = {name: data[name] + [task_data[name]] for name in data}
     prefix, data = with_prefix(method, data) if with_prefix else (None, data)
-    method.train_data = data["train"]
     trainable, stage_costs = train_group(method, [T], plans + [plan], data, cfg, prefix, reuse_dir)
     return {"task": task.name, "score": score(method, T, data["test"][T], cfg.eval_batch_size, cfg.precision),
             "chance": task.chance, "shots": plan.shots, "train_examples": len(task_data["train"]),

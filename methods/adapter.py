@@ -40,16 +40,12 @@ class Adapter(Method):
     def stages(self, t):
         return [self.alone()]
 
-    def activate(self, t: int):
+    def activate(self, t, ctx):
         self.injector.fn = lambda i, h: h + self.adapters[t][i](h)
 
-    def trainable_parameters(self, t):
-        return [{"params": list(self.heads[t].parameters()), "lr": self.head_lr},
-                {"params": list(self.adapters[t].parameters()), "lr": self.lr}]
-
-    def forward(self, batch, t):
-        self.activate(t)
-        return super().forward(batch, t)
+    def trainable_parameters(self, t, ctx):
+        return [{"params": list(self.heads[t].parameters()), "lr": ctx.head_lr},
+                {"params": list(self.adapters[t].parameters()), "lr": ctx.lr}]
 
     def task_modules(self, t):
         return [self.heads[t], self.adapters[t]]

@@ -40,10 +40,9 @@ class LwF(Method):
     trains_as = "finetune"  # the first task is `finetune`'s: no teacher before the second task
     HParams = LwFHParams
 
-    def begin_task(self, t):
-        super().begin_task(t)
+    def begin_task(self, ctx):
         self.teacher = None
-        if t > 0:
+        if ctx.task > 0:
             self.teacher = copy.deepcopy(self.net).eval().requires_grad_(False)
 
     def distilled(self, t: int) -> list[int]:
@@ -57,7 +56,7 @@ class LwF(Method):
             features = pooled(self.teacher["backbone"], batch)
             return [logits(self.teacher["heads"][k], features) for k in self.distilled(t)]
 
-    def loss(self, batch, t):
+    def loss(self, batch, t, ctx):
         features = pooled(self.backbone, batch)
         loss = task_loss(logits(self.heads[t], features), batch["label"], self.tasks[t])
         if t > 0:
@@ -66,9 +65,9 @@ class LwF(Method):
                                             for k, z in zip(self.distilled(t), targets))
         return loss
 
-    def end_task(self, t):
+    def end_task(self, ctx):
         self.teacher = None
 
-    def trainable_parameters(self, t):
+    def trainable_parameters(self, t, ctx):
         earlier_heads = [p for k in range(t) for p in self.heads[k].parameters()]
-        return super().trainable_parameters(t) + [{"params": earlier_heads, "lr": self.head_lr}]
+        return super().trainable_parameters(t, ctx) + [{"params": earlier_heads, "lr": ctx.head_lr}]

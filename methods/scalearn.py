@@ -76,27 +76,23 @@ class ScaLearn(Adapter):
         self.scalings = nn.ModuleList(Scaling(sites, t + 1, width, self.hp.omega_init, self.hp.omega_dropout)
                                       for t in range(len(self.tasks)))
         self.net["scalings"] = self.scalings
-        self.training_task = None
-
-    def begin_task(self, t):
-        self.training_task = t
 
     def stages(self, t):
         return [self.alone("adapter"), Stage("scaling", steps=self.hp.scaling_steps)]
 
-    def begin_stage(self, t, stage):
-        self.adapters.requires_grad_(stage.name == "adapter")  # scaling: the sources are frozen
+    def begin_stage(self, ctx):
+        self.adapters.requires_grad_(ctx.stage.name == "adapter")  # scaling: the sources are frozen
 
-    def activate(self, t):
-        if self.stage.name == "adapter" and t == self.training_task:
-            return super().activate(t)
+    def activate(self, t, ctx):
+        if ctx is not None and ctx.stage.name == "adapter" and t == ctx.task:
+            return super().activate(t, ctx)
         sources, scaling = self.adapters[: t + 1], self.scalings[t]
         self.injector.fn = lambda i, h: scaling(i, h, [a[i](h) for a in sources])
 
-    def trainable_parameters(self, t):
-        if self.stage.name == "adapter":
-            return super().trainable_parameters(t)
-        return [{"params": list(self.heads[t].parameters()), "lr": self.head_lr},
+    def trainable_parameters(self, t, ctx):
+        if ctx.stage.name == "adapter":
+            return super().trainable_parameters(t, ctx)
+        return [{"params": list(self.heads[t].parameters()), "lr": ctx.head_lr},
                 {"params": list(self.scalings[t].parameters()), "lr": self.hp.omega_lr}]
 
     def task_modules(self, t):

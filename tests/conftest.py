@@ -67,3 +67,19 @@ def run(tmp_path, cache_dir):
     def _run(method, **kw):
         return run_method(method, kw.pop("out", tmp_path / "results"), cache_dir, **kw)
     return _run
+
+
+def task_context(method, t: int, train_data=(), stage=None, seed: int = 0):
+    """The TaskContext the runner gives `method` for task t (bench/runner.py train_group)."""
+    from bench.context import TaskContext
+    return TaskContext(task=t, tasks=(t,), train_data=train_data, seed=seed, lr=type(method).lr,
+                       head_lr=type(method).head_lr, precision="fp32", stage=stage)
+
+
+def training(method, t: int, stage: str = "train", train_data=()):
+    """`task_context` in stage `stage`, after `begin_stage` and `activate` ran with it, as in the runner."""
+    from bench.method import Stage
+    ctx = task_context(method, t, train_data, Stage(stage))
+    method.begin_stage(ctx)
+    method.activate(t, ctx)
+    return ctx

@@ -15,10 +15,10 @@ def test_resume_after_kill_matches_uninterrupted(run, tmp_path, monkeypatch, met
     original = Method.begin_task
     real_begin = {}
 
-    def begin_task(self, t):
-        if t == kill_at and not real_begin.get("done"):
+    def begin_task(self, ctx):
+        if ctx.task == kill_at and not real_begin.get("done"):
             raise Killed
-        return original(self, t)
+        return original(self, ctx)
 
     monkeypatch.setattr(Method, "begin_task", begin_task)
     with pytest.raises(Killed):
@@ -34,5 +34,5 @@ def test_resume_after_kill_matches_uninterrupted(run, tmp_path, monkeypatch, met
 
 def test_finished_run_is_skipped(run, tmp_path, monkeypatch):
     first = run("frozen", out=tmp_path / "r")
-    monkeypatch.setattr(Method, "begin_task", lambda self, t: (_ for _ in ()).throw(AssertionError("retrained")))
+    monkeypatch.setattr(Method, "begin_task", lambda self, ctx: (_ for _ in ()).throw(AssertionError("retrained")))
     assert run("frozen", out=tmp_path / "r") == first

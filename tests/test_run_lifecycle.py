@@ -23,10 +23,10 @@ def killed_after_task(run, out, method, k, monkeypatch):
     """Run `method` until task k starts, then 'kill' it: its directory holds a checkpoint of tasks 0..k-1."""
     original = Method.begin_task
 
-    def begin_task(self, t):
-        if t == k:
+    def begin_task(self, ctx):
+        if ctx.task == k:
             raise Killed
-        return original(self, t)
+        return original(self, ctx)
     with monkeypatch.context() as m:
         m.setattr(Method, "begin_task", begin_task)
         with pytest.raises(Killed):
@@ -78,8 +78,8 @@ def test_progress_json_ahead_of_the_checkpoint_is_ignored(run, tmp_path, monkeyp
 def test_non_finite_loss_fails_that_run_alone_and_the_report_lists_it(tmp_path, monkeypatch, capsys):
     real_loss = Method.loss
 
-    def loss(self, batch, t):
-        value = real_loss(self, batch, t)
+    def loss(self, batch, t, ctx):
+        value = real_loss(self, batch, t, ctx)
         return value * float("nan") if self.registry_name == "finetune" else value
     monkeypatch.setattr(Method, "loss", loss)
     out = tmp_path / "r"

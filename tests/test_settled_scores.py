@@ -49,19 +49,19 @@ class LeakyAdapter(Adapter):
     """Declares isolation wrongly: every task also trains the top block that earlier tasks read."""
     isolates_tasks = True
 
-    def trainable_parameters(self, t):
+    def trainable_parameters(self, t, ctx):
         top = list(self.backbone.layers[-1].parameters())
         for p in top:
             p.requires_grad_(True)
-        return super().trainable_parameters(t) + [{"params": top, "lr": self.lr}]
+        return super().trainable_parameters(t, ctx) + [{"params": top, "lr": ctx.lr}]
 
 
 class ReplacingAdapter(Adapter):
     """Puts a new tensor object, equal in value, in task 0's head before every later task."""
     isolates_tasks = True
 
-    def begin_task(self, t):
-        if t:
+    def begin_task(self, ctx):
+        if ctx.task:
             out = self.heads[0][-1]
             out.weight = nn.Parameter(out.weight.detach().clone())
 
