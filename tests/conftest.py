@@ -83,3 +83,11 @@ def training(method, t: int, stage: str = "train", train_data=()):
     method.begin_stage(ctx)
     method.activate(t, ctx)
     return ctx
+
+
+def plugin(monkeypatch, name: str, cls):
+    """Register method `cls` as `name` for one test, as a plugin would (nothing is written into methods/)."""
+    METHODS.names()  # load the registry before adding to it
+    monkeypatch.setitem(METHODS._items, name, cls)
+    monkeypatch.setattr(cls, "registry_name", name, raising=False)
+    return cls
