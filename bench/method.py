@@ -16,6 +16,13 @@ class NoHParams:
     pass
 
 
+def require(ok: bool, name: str, value, rule: str) -> None:
+    """A hyper-parameter's range check, for `HParams.__post_init__`: a bad value is refused when the
+    run is configured, before anything trains."""
+    if not ok:
+        raise ValueError(f"{name}={value!r}: must be {rule}")
+
+
 @dataclass
 class Stage:
     """One training stage of a task. Most methods have one; I2I and ATLAS have several. The runner

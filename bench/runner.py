@@ -21,6 +21,7 @@ from bench.context import TaskContext
 from bench.data import load_split
 from bench.errors import BenchError
 from bench.evaluate import SettledScores, score
+from bench.identity import data_fingerprint
 from bench.precision import compile_backbone
 from bench.prefix import FrozenPrefix
 from bench.registry import METHODS, TASKS
@@ -243,7 +244,8 @@ def plan_split(backbone, task, plan, name: str, cfg: RunConfig, cache_dir: Path)
     """Split `name` of a planned task, encoded (from the cache when it is there)."""
     limit = {"train": plan.train_cap, "test": plan.test_cap, "val": None}[name]
     return load_split(backbone, task, name, cache_dir, limit=limit, shots=plan.shots if name == "train" else None,
-                      seed=cfg.seed, data_root=cfg.data_root, val_size=plan.val_size)
+                      seed=cfg.seed, data_root=cfg.data_root, val_size=plan.val_size,
+                      files=data_fingerprint(task, cfg.data_root))
 
 
 def encode_suite_data(cfgs: list[RunConfig], cache_dir=None, threads: int | None = None) -> None:

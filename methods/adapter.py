@@ -7,13 +7,16 @@ from dataclasses import dataclass
 from torch import nn
 
 from bench.adapters import Injector, adapter_set
-from bench.method import Method, Stage
+from bench.method import Method, Stage, require
 from bench.registry import METHODS
 
 
 @dataclass
 class AdapterHParams:
     reduction: int = 16
+
+    def __post_init__(self):
+        require(self.reduction >= 1, "reduction", self.reduction, "an integer >= 1")
 
 
 @METHODS.register("adapter")

@@ -13,17 +13,22 @@ from dataclasses import dataclass
 from torch import nn
 
 from bench.fusion import fused, fusion_set, value_regulariser
-from bench.method import Stage
+from bench.method import Stage, require
 from bench.registry import METHODS
-from methods.adapter import Adapter
+from methods.adapter import Adapter, AdapterHParams
 
 
 @dataclass
-class AdapterFusionHParams:
-    reduction: int = 16
+class AdapterFusionHParams(AdapterHParams):
     value_reg: float = 0.01   # lambda of the W_V regulariser
     fusion_lr: float = 5e-5   # the paper's fusion learning rate
     fusion_steps: float = 1.0  # fusion stage budget, in units of the task's step budget
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.value_reg >= 0, "value_reg", self.value_reg, ">= 0")
+        require(self.fusion_lr > 0, "fusion_lr", self.fusion_lr, "> 0")
+        require(self.fusion_steps > 0, "fusion_steps", self.fusion_steps, "> 0")
 
 
 @METHODS.register("adapter_fusion")

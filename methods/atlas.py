@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.method import Stage
+from bench.method import Stage, require
 from bench.registry import METHODS
 from methods.adapter import Adapter, AdapterHParams
 
@@ -41,6 +41,12 @@ class AtlasHParams(AdapterHParams):
     ortho: float = 0.1             # weight of the orthogonality penalty (stage 2)
     experience_lr: float = 5e-2    # stage-1 queries (the reference's 100x its base lr)
     experience_steps: float = 1.0  # stage-1 budget, as a multiple of the task's steps
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.ortho >= 0, "ortho", self.ortho, ">= 0")
+        require(self.experience_lr > 0, "experience_lr", self.experience_lr, "> 0")
+        require(self.experience_steps > 0, "experience_steps", self.experience_steps, "> 0")
 
 
 class Vectors(nn.Module):

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.method import Method
+from bench.method import Method, require
 from bench.registry import METHODS
 
 
@@ -32,6 +32,10 @@ class ERHParams:
     memory_fraction: float = 0.01  # share of each task's training split kept (CLiMB: 1 %)
     replay_every: int = 100        # a replay batch every k training steps (CLiMB: 100); 1 = interleaved
 
+    def __post_init__(self):
+        require(0 < self.memory_fraction <= 1, "memory_fraction", self.memory_fraction, "in (0, 1]")
+        require(self.replay_every >= 1, "replay_every", self.replay_every, ">= 1")
+
 
 @METHODS.register("er")
 class ExperienceReplay(Method):
@@ -39,10 +43,6 @@ class ExperienceReplay(Method):
     HParams = ERHParams
 
     def setup(self):
-        if not 0 < self.hp.memory_fraction <= 1:
-            raise BenchError(f"er.memory_fraction must be in (0, 1], got {self.hp.memory_fraction}")
-        if self.hp.replay_every < 1:
-            raise BenchError(f"er.replay_every must be >= 1, got {self.hp.replay_every}")
         memory = nn.Module()
         memory.register_buffer("seed", torch.full((len(self.tasks),), -1, dtype=torch.long))  # -1: not seen yet
         self.net["memory"] = memory

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.method import Method
+from bench.method import Method, require
 from bench.registry import METHODS
 
 
@@ -29,6 +29,11 @@ class EWCHParams:
     fisher_fraction: float = 0.01  # share of a task's training split used for its Fisher (CLiMB: 1 %)
     online: bool = False           # online EWC: one running Fisher, anchored at the latest task
     gamma: float = 1.0             # online EWC's decay of the running Fisher
+
+    def __post_init__(self):
+        require(self.lam >= 0, "lam", self.lam, ">= 0")
+        require(0 < self.fisher_fraction <= 1, "fisher_fraction", self.fisher_fraction, "in (0, 1]")
+        require(0 <= self.gamma <= 1, "gamma", self.gamma, "in [0, 1]")
 
 
 def per_parameter_buffers(named_params) -> nn.Module:

@@ -29,17 +29,22 @@ from torch import nn
 
 from bench.backbones.base import pooled
 from bench.fusion import fused, fusion_set, fusion_set_params, value_regulariser
-from bench.method import Stage
+from bench.method import Stage, require
 from bench.registry import METHODS
-from methods.adapter import Adapter
+from methods.adapter import Adapter, AdapterHParams
 
 
 @dataclass
-class I2IHParams:
-    reduction: int = 16
+class I2IHParams(AdapterHParams):
     value_reg: float = 0.01      # lambda of the fusion's W_V regulariser
     fusion_lr: float = 5e-5      # AdapterFusion's learning rate (Pfeiffer et al. 2021)
     improvise_data: float = 1.0  # fraction of the task's training data (and steps) for stages 1-2
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.value_reg >= 0, "value_reg", self.value_reg, ">= 0")
+        require(self.fusion_lr > 0, "fusion_lr", self.fusion_lr, "> 0")
+        require(0 < self.improvise_data <= 1, "improvise_data", self.improvise_data, "in (0, 1]")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.backbones.base import pooled
-from bench.method import Method, logits, task_loss
+from bench.method import Method, logits, require, task_loss
 from bench.registry import METHODS
 
 
@@ -25,6 +25,10 @@ from bench.registry import METHODS
 class LwFHParams:
     temperature: float = 2.0  # T
     lam: float = 1.0          # λ_o, weight of each old task's distillation loss
+
+    def __post_init__(self):
+        require(self.temperature > 0, "temperature", self.temperature, "> 0")
+        require(self.lam >= 0, "lam", self.lam, ">= 0")
 
 
 def distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.method import Stage
+from bench.method import Stage, require
 from bench.registry import METHODS
 from methods.adapter import Adapter, AdapterHParams
 
@@ -40,6 +40,12 @@ class ScaLearnHParams(AdapterHParams):
     omega_dropout: float = 0.3
     omega_lr: float = 6e-3
     scaling_steps: float = 1.0    # stage-2 budget, as a multiple of the task's steps
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(0 <= self.omega_dropout < 1, "omega_dropout", self.omega_dropout, "in [0, 1)")
+        require(self.omega_lr > 0, "omega_lr", self.omega_lr, "> 0")
+        require(self.scaling_steps > 0, "scaling_steps", self.scaling_steps, "> 0")
 
 
 @dataclass
