@@ -91,3 +91,34 @@ def plugin(monkeypatch, name: str, cls):
     monkeypatch.setitem(METHODS._items, name, cls)
     monkeypatch.setattr(cls, "registry_name", name, raising=False)
     return cls
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: not an Exception, so nothing catches it."""
+
+
+def kill_before_task(run, out, method, k, monkeypatch, **kw):
+    """Run `method` and 'kill' it as task k starts, after tasks 0..k-1 were trained and
+    checkpointed; returns its run directory."""
+    import bench.runner
+    real = bench.runner.train_group
+
+    def train_group(m, group, *args, **kwargs):
+        if group[-1] == k:
+            raise Killed
+        return real(m, group, *args, **kwargs)
+    with monkeypatch.context() as patch:
+        patch.setattr(bench.runner, "train_group", train_group)
+        with pytest.raises(Killed):
+            run(method, out=out, **kw)
+    return next((out / "runs").iterdir())
+
+
+def final_weights(out, metrics) -> dict:
+    """The tensors a finished run changed from the model as built (its last checkpoint)."""
+    from bench.store import load_tensors
+    return load_tensors(out / "runs" / metrics["run_id"] / "checkpoint.pt")["method"]
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

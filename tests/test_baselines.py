@@ -13,7 +13,7 @@ from bench.method import Method, Stage
 from bench.registry import BACKBONES, METHODS, TASKS
 from bench.runner import task_seed
 from bench.store import load_tensors
-from conftest import task_context
+from conftest import final_weights, kill_before_task, same_tensors, task_context
 
 TASK_NAMES = ("vqa_color", "text_mention", "vqa_shape")
 
@@ -261,26 +261,12 @@ def test_freeze_bottom_k_default_follows_climbs_three_quarters():
 
 # -- resume --------------------------------------------------------------------------------------
 
-class Killed(BaseException):
-    """Stands in for SIGKILL: not an Exception, so nothing catches it."""
-
-
 @pytest.mark.parametrize("method,sets", [("ewc", []), ("er", ["er.replay_every=1", "er.memory_fraction=0.05"])])
 def test_resume_after_kill_matches_uninterrupted(run, tmp_path, monkeypatch, method, sets):
-    """Killed right after the second task's checkpoint: the Fisher/anchor (EWC) and memory seeds (ER)
-    of tasks 0-1 must come back from the checkpoint for tasks 2-3 to match."""
+    """Killed as the third task starts: the Fisher/anchor (EWC) and memory seeds (ER) of tasks 0-1
+    must come back from the checkpoint for tasks 2-3 to match."""
     full = run(method, out=tmp_path / "full", sets=sets)
-    import bench.runner
-    write_json = bench.runner.write_json
-
-    def killing_write_json(path, obj):
-        write_json(path, obj)
-        if path.name == "progress.json" and len(obj["rows"]) == 2:
-            raise Killed
-    monkeypatch.setattr(bench.runner, "write_json", killing_write_json)
-    with pytest.raises(Killed):
-        run(method, out=tmp_path / "killed", sets=sets)
-    monkeypatch.setattr(bench.runner, "write_json", write_json)
+    kill_before_task(run, tmp_path / "killed", method, 2, monkeypatch, sets=sets)
     cls, begun = METHODS.get(method), []
     begin_task = cls.begin_task
     monkeypatch.setattr(cls, "begin_task", lambda self, ctx: begun.append(ctx.task) or begin_task(self, ctx))
@@ -288,6 +274,4 @@ def test_resume_after_kill_matches_uninterrupted(run, tmp_path, monkeypatch, met
     assert begun == [2, 3]  # resumed from the checkpoint, not started over
     assert resumed["matrix"] == full["matrix"]
     # toy scores sit near chance, so compare the trained weights themselves
-    final = [load_tensors(next((tmp_path / d / "runs").iterdir()) / "checkpoint.pt")["method"] for d in ("full", "killed")]
-    assert final[0].keys() == final[1].keys()
-    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+    assert same_tensors(final_weights(tmp_path / "killed", resumed), final_weights(tmp_path / "full", full))

@@ -1,4 +1,5 @@
 """A method added as one file shows up in `list methods` and runs; the README's example is real code."""
+import os
 import re
 import subprocess
 import sys
@@ -7,15 +8,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_new_method_file_is_listed(tmp_path):
-    plugin = ROOT / "methods" / "zz_test_plugin.py"
+def test_a_plugin_method_file_is_listed(tmp_path):
+    plugin = tmp_path / "zz_test_plugin.py"  # out of tree: nothing is written into methods/
     plugin.write_text("from bench.method import Method\nfrom bench.registry import METHODS\n\n\n"
                       "@METHODS.register('zz_test_plugin')\nclass Plugin(Method):\n    pass\n")
-    try:
-        out = subprocess.run([sys.executable, "run_bench.py", "list", "methods"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=120).stdout.split()
-    finally:
-        plugin.unlink()
+    env = {**os.environ, "MMCL_PLUGINS": str(plugin)}
+    out = subprocess.run([sys.executable, "run_bench.py", "list", "methods"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, env=env).stdout.split()
     assert "zz_test_plugin" in out and "finetune" in out
 
 
