@@ -19,14 +19,12 @@ def cmd_list(args):
 
 def cmd_run(args):
     from bench.config import parse_sets
-    from bench.executors import executor_sets, make_executor, summarize
+    from bench.executors import summarize
     from bench.report import write_report
-    from bench.suite import ExecOptions, execute_suite, plan
-    sets, executor_options = executor_sets(parse_sets(args.set))
-    opts = ExecOptions.from_sets(sets, out=args.out, threads=args.threads, workers=args.workers)
-    executor = make_executor(args.executor, opts, executor_options)
-    waves = plan(args.methods, args.seeds, sets, opts.device, sequence=args.sequence, backbone=args.backbone, quick=args.quick)
-    outcomes = execute_suite(waves, executor)
+    from bench.suite import run_suite
+    outcomes = run_suite(args.methods, args.seeds, parse_sets(args.set), out=args.out, threads=args.threads,
+                         workers=args.workers, executor=args.executor, sequence=args.sequence, backbone=args.backbone,
+                         quick=args.quick)
     print(summarize(outcomes))
     failures = [o for o in outcomes if o.status == "failed"]
     report = write_report(args.out)

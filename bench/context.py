@@ -8,7 +8,6 @@ from bench.precision import autocast
 
 if TYPE_CHECKING:
     from bench.data import EncodedSplit
-    from bench.method import Stage
 
 
 @dataclass(frozen=True)
@@ -20,9 +19,9 @@ class TaskContext:
     lr: float                          # this task's learning rate for the backbone / adapters
     head_lr: float                     # ... and for its head
     precision: str                     # "fp32" or "bf16": what the loop's autocast applies
-    stage: "Stage | None" = None       # the stage being trained; None in `begin_task` / `end_task`
+    stage: object = None               # the bench.method.Stage being trained; None in `begin_task` / `end_task`
 
-    def at(self, stage: "Stage") -> "TaskContext":
+    def at(self, stage) -> "TaskContext":
         return replace(self, stage=stage)
 
     def autocast(self):

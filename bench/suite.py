@@ -104,6 +104,17 @@ def check_data(waves: list[list[RunConfig]]) -> None:
                 raise BenchError(f"task '{p.name}' has no {split} examples (check data_root, shots and caps)")
 
 
+def run_suite(methods: list[str], seeds: list[int], sets: list[tuple[str, str]], *, out: str, threads: int = 1,
+              workers: int | None = None, executor: str = "local", **base) -> list:
+    """What `run_bench.py run` does before its report: plan the runs and execute them through
+    `executor` with its `--set <executor>.<field>` options; one Outcome per run."""
+    from bench.executors import executor_sets, make_executor
+    sets, executor_options = executor_sets(sets)
+    opts = ExecOptions.from_sets(sets, out=out, threads=threads, workers=workers)
+    runner = make_executor(executor, opts, executor_options)
+    return execute_suite(plan(methods, seeds, sets, opts.device, **base), runner)
+
+
 def execute_suite(waves: list[list[RunConfig]], executor) -> list:
     """Check the output directory and the data, then send the runs not yet done through
     `executor` (a `bench.executors.Executor`); returns one Outcome per run."""
