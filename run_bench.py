@@ -23,8 +23,8 @@ def cmd_run(args):
     from bench.report import write_report
     from bench.suite import run_suite
     outcomes = run_suite(args.methods, args.seeds, parse_sets(args.set), out=args.out, threads=args.threads,
-                         workers=args.workers, executor=args.executor, sequence=args.sequence, backbone=args.backbone,
-                         quick=args.quick)
+                         workers=args.workers, executor=args.executor, rerun=args.rerun or None, sequence=args.sequence,
+                         backbone=args.backbone, quick=args.quick)
     print(summarize(outcomes))
     failures = [o for o in outcomes if o.status == "failed"]
     report = write_report(args.out)
@@ -74,6 +74,7 @@ def main(argv=None):
     run.add_argument("--seeds", nargs="+", type=int, default=[0])
     run.add_argument("--out", default="results")
     run.add_argument("--quick", action="store_true", help="cap data and steps: a smoke run in about a minute")
+    run.add_argument("--rerun", action="store_true", help="train the runs again even when they are done")
     run.add_argument("--executor", default="local", help="local (process pool), slurm (submitit) or ray; "
                      "their options: --set slurm.partition=gpu, --set ray.address=auto, ...")
     run.add_argument("--threads", type=int, default=1, help="torch threads per run")

@@ -159,7 +159,7 @@ def parse_sets(pairs: list[str]) -> list[tuple[str, str]]:
 
 
 RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name not in ("method", "hparams")}
-EXEC_KEYS = ("device", "threads", "workers", "cache_dir", "cache_prefix", "reuse_stages", "reuse_scores", "compile")
+EXEC_KEYS = ("device", "threads", "workers", "cache_dir", "cache_prefix", "reuse_stages", "reuse_scores", "compile", "rerun")
 
 
 def resolve(method: str, method_cls, sets: list[tuple[str, str]], device: str = "auto", **base) -> RunConfig:

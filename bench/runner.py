@@ -114,13 +114,14 @@ def execute(cfg: RunConfig, out, *, device: str = "auto", threads: int | None = 
 
 def execute_run(cfg: RunConfig, out, *, device: str = "auto", threads: int | None = None,
                 cache_dir=None, wait: bool = True, log=print, cache_prefix: bool = True,
-                reuse_stages: bool = True, reuse_scores: bool = True, compile: bool = False) -> tuple[str, dict]:
+                reuse_stages: bool = True, reuse_scores: bool = True, compile: bool = False,
+                rerun: bool = False) -> tuple[str, dict]:
     """Run `cfg`; returns (status, metrics) with status "done" (finished before), "waited" (another
     process finished it while this one waited for the lock), "resumed" (continued from the last
     finished task of a killed attempt) or "trained". With wait=False raises RunBusy instead of
-    waiting for another process."""
+    waiting for another process. `rerun` trains a finished run again from its first task."""
     run_dir = runs_dir(out) / cfg.run_id
-    done = read_done(run_dir)
+    done = None if rerun else read_done(run_dir)
     if done is not None:
         return "done", done
     if threads:
@@ -128,9 +129,12 @@ def execute_run(cfg: RunConfig, out, *, device: str = "auto", threads: int | Non
     device = resolve_device(device)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     with run_lock(run_dir, wait, log) as waited:
-        done = read_done(run_dir)
+        done = read_done(run_dir) if waited or not rerun else None
         if done is not None:
             return ("waited" if waited else "done"), done
+        if rerun:  # DONE first: a rerun killed half-way is an unfinished run, never a finished one
+            for name in ("DONE", "metrics.json", "checkpoint.pt", "progress.json"):
+                (run_dir / name).unlink(missing_ok=True)
         if (run_dir / "DONE").exists():
             log(f"[{cfg.run_id}] DONE but its metrics.json is unreadable: redoing the run")
             (run_dir / "DONE").unlink()

@@ -4,6 +4,7 @@ the README's "Writing a task" example, run as written."""
 import importlib.util
 import re
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,25 @@ def test_an_edited_plugin_method_is_retrained(monkeypatch, tmp_path, cache_dir):
     path.write_text(PLUGIN.format(factor=2.0))
     plugin(monkeypatch, "zz_scaled", load_plugin(path, monkeypatch))
     assert run_method("zz_scaled", tmp_path / "out", cache_dir, steps=1)["run_id"] != first["run_id"]
+
+
+def test_rerun_trains_a_finished_run_again(tmp_path, cache_dir):
+    from bench.config import resolve
+    from bench.registry import METHODS
+    from bench.runner import execute_run
+    cfg = resolve("frozen", METHODS.get("frozen"), [("steps", "1")], backbone="toy", quick=True)
+    statuses = [execute_run(cfg, tmp_path, cache_dir=cache_dir, log=lambda *_: None, rerun=rerun)[0]
+                for rerun in (False, False, True)]
+    assert statuses == ["trained", "done", "trained"]
+
+
+def test_the_rerun_flag_reaches_every_run(tmp_path, monkeypatch):
+    import bench.suite
+    import run_bench
+    seen = []
+    monkeypatch.setattr(bench.suite, "execute_suite", lambda waves, executor: seen.append(executor.opts.rerun) or [])
+    empty = SimpleNamespace(to_string=lambda **_: "")
+    monkeypatch.setattr("bench.report.write_report", lambda out: {"table": empty, "paths": ["", ""]})
+    for extra in ([], ["--rerun"]):
+        run_bench.main(["run", "--quick", "--backbone", "toy", "--methods", "frozen", "--out", str(tmp_path)] + extra)
+    assert seen == [False, True]
