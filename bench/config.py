@@ -49,7 +49,15 @@ class RunConfig:
     def run_id(self) -> str:
         """Hash of the config, of what the sequence file makes of it (its tasks' steps, caps ...),
         of the method's code and of the files its tasks read (bench/identity.py), so an edited
-        sequence file, method or data file never passes an old run off as done."""
+        sequence file, method or data file never passes an old run off as done. Computed once per
+        config (the files are walked once, not at every use of the id)."""
+        fields = json.dumps(self.identity(), sort_keys=True, default=str)
+        known = self.__dict__.get("_run_id")
+        if known is None or known[0] != fields:
+            self._run_id = (fields, self._digest())
+        return self._run_id[1]
+
+    def _digest(self) -> str:
         from bench.identity import data_fingerprint, method_code
         from bench.registry import METHODS, TASKS
         plans = [dataclasses.asdict(p) for part in ("tasks", "downstream") for p in plan_tasks(self, part)]
