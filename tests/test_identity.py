@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import bench.cache
+import bench.identity
 from bench.registry import TASKS
 from conftest import plugin, run_method
 
@@ -56,6 +57,7 @@ def test_an_edited_csv_is_re_encoded_and_retrained(csv_task, tmp_path):
     assert len(list(splits.iterdir())) == 3  # train, val, test
     assert run()["run_id"] == first["run_id"]  # unchanged files: the same run, found done
     write_csv(folder / "train.csv", flip=True)
+    bench.identity.folder_digest.cache_clear()  # a new process reads the edited folder afresh
     edited = run()
     assert edited["run_id"] != first["run_id"]
     assert len(list(splits.iterdir())) == 6  # every split of the task encoded again
