@@ -19,14 +19,12 @@ def cmd_list(args):
 
 def cmd_run(args):
     from bench.config import parse_sets
-    from bench.executors import executor_sets, make_executor, summarize
+    from bench.executors import summarize
     from bench.report import write_report
-    from bench.suite import ExecOptions, execute_suite, plan
-    sets, executor_options = executor_sets(parse_sets(args.set))
-    opts = ExecOptions.from_sets(sets, out=args.out, threads=args.threads, workers=args.workers)
-    executor = make_executor(args.executor, opts, executor_options)
-    waves = plan(args.methods, args.seeds, sets, opts.device, sequence=args.sequence, backbone=args.backbone, quick=args.quick)
-    outcomes = execute_suite(waves, executor)
+    from bench.suite import run_suite
+    outcomes = run_suite(args.methods, args.seeds, parse_sets(args.set), out=args.out, threads=args.threads,
+                         workers=args.workers, executor=args.executor, rerun=args.rerun or None, sequence=args.sequence,
+                         backbone=args.backbone, quick=args.quick)
     print(summarize(outcomes))
     failures = [o for o in outcomes if o.status == "failed"]
     report = write_report(args.out)
@@ -76,6 +74,7 @@ def main(argv=None):
     run.add_argument("--seeds", nargs="+", type=int, default=[0])
     run.add_argument("--out", default="results")
     run.add_argument("--quick", action="store_true", help="cap data and steps: a smoke run in about a minute")
+    run.add_argument("--rerun", action="store_true", help="train the runs again even when they are done")
     run.add_argument("--executor", default="local", help="local (process pool), slurm (submitit) or ray; "
                      "their options: --set slurm.partition=gpu, --set ray.address=auto, ...")
     run.add_argument("--threads", type=int, default=1, help="torch threads per run")

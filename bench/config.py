@@ -47,10 +47,23 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        """Hash of the config and of what the sequence file makes of it (its tasks' steps, caps ...),
-        so an edited sequence file never passes an old run off as done."""
+        """Hash of the config, of what the sequence file makes of it (its tasks' steps, caps ...),
+        of the method's code and of the files its tasks read (bench/identity.py), so an edited
+        sequence file, method or data file never passes an old run off as done. Computed once per
+        config (the files are walked once, not at every use of the id)."""
+        fields = json.dumps(self.identity(), sort_keys=True, default=str)
+        known = self.__dict__.get("_run_id")
+        if known is None or known[0] != fields:
+            self._run_id = (fields, self._digest())
+        return self._run_id[1]
+
+    def _digest(self) -> str:
+        from bench.identity import data_fingerprint, method_code
+        from bench.registry import METHODS, TASKS
         plans = [dataclasses.asdict(p) for part in ("tasks", "downstream") for p in plan_tasks(self, part)]
-        blob = json.dumps({**self.identity(), "plans": plans}, sort_keys=True, default=str)
+        data = {p["name"]: data_fingerprint(TASKS.get(p["name"])(), self.data_root) for p in plans}
+        blob = json.dumps({**self.identity(), "plans": plans, "code": method_code(METHODS.get(self.method)),
+                           "data": data}, sort_keys=True, default=str)
         name = Path(self.sequence).stem  # a sequence given as a file path must not make the id a path
         return f"{name}-{self.method}-s{self.seed}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
@@ -66,11 +79,17 @@ class TaskPlan:
     lr: typing.Optional[float]
 
 
-def load_sequence(name: str) -> dict:
+def sequence_path(name: str) -> Path:
+    """The file of sequence `name`: a path ending in .yaml/.yml, or a name in tasks/sequences/."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else SEQUENCES_DIR / f"{name}.yaml"
     if not path.exists():
         known = [p.stem for p in SEQUENCES_DIR.glob("*.yaml")]
         raise did_you_mean(name, known, "sequence")
+    return path
+
+
+def load_sequence(name: str) -> dict:
+    path = sequence_path(name)
     st = path.stat()  # parsed once per version of the file: run ids and plans read it many times
     return copy.deepcopy(_parse_sequence(path, st.st_mtime_ns, st.st_size))
 
@@ -116,7 +135,8 @@ def plan_tasks(cfg: RunConfig, part: str = "tasks") -> list[TaskPlan]:
     return plans
 
 
-def _coerce(key: str, raw: str, typ):
+def _coerce(key: str, raw: str, typ, where: str = "--set "):
+    """`raw` as a value of type `typ`; an error names `where` the value came from."""
     value = yaml.safe_load(raw) if isinstance(raw, str) else raw
     origin = typing.get_origin(typ)
     allowed = typing.get_args(typ) if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) else (typ,)
@@ -133,7 +153,7 @@ def _coerce(key: str, raw: str, typ):
         if t in (int, bool, dict, list) and type(value) is t:
             return value
     names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed if t is not type(None))
-    raise BenchError(f"bad --set {key}={raw}: expected {names}")
+    raise BenchError(f"bad {where}{key}={raw}: expected {names}")
 
 
 def parse_sets(pairs: list[str]) -> list[tuple[str, str]]:
@@ -147,7 +167,7 @@ def parse_sets(pairs: list[str]) -> list[tuple[str, str]]:
 
 
 RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name not in ("method", "hparams")}
-EXEC_KEYS = ("device", "threads", "workers", "cache_dir", "cache_prefix", "reuse_stages", "reuse_scores", "compile")
+EXEC_KEYS = ("device", "threads", "workers", "cache_dir", "cache_prefix", "reuse_stages", "reuse_scores", "compile", "rerun")
 
 
 def resolve(method: str, method_cls, sets: list[tuple[str, str]], device: str = "auto", **base) -> RunConfig:
@@ -177,7 +197,10 @@ def resolve(method: str, method_cls, sets: list[tuple[str, str]], device: str = 
     hp = {**sequence_hparams(cfg.sequence, method, hp_fields, hp_hints), **hp}
     from bench.precision import resolve_precision  # imports torch: not for `list`
     cfg.precision = resolve_precision(cfg.precision, device)
-    cfg.hparams = dataclasses.asdict(method_cls.HParams(**hp))
+    try:  # the method's own range checks (HParams.__post_init__), before anything runs
+        cfg.hparams = dataclasses.asdict(method_cls.HParams(**hp))
+    except ValueError as e:
+        raise BenchError(f"bad hyper-parameter of method '{method}': {e}") from None
     return cfg
 
 
@@ -196,15 +219,23 @@ def data_plans(cfgs, backbone: bool = False):
 
 def sequence_hparams(sequence: str, method: str, fields, hints) -> dict:
     """A sequence may rescale a method's defaults to its budget (`hparams: {er: {replay_every: 1}}`);
-    --set still wins."""
+    --set still wins. Every method named there must exist; errors name the file and the key."""
+    from bench.registry import METHODS
+    path = sequence_path(sequence)
     table = load_sequence(sequence).get("hparams") or {}
-    entry = table.get(method, {}) if isinstance(table, dict) else None
-    if not isinstance(entry, dict):
-        raise BenchError(f"sequence '{sequence}': 'hparams' must map method names to {{field: value}}")
-    for name in entry:
-        if name not in fields:
-            raise did_you_mean(name, fields, f"hyper-parameter of method '{method}' in sequence '{sequence}'")
-    return {name: _coerce(f"{method}.{name}", value, hints[name]) for name, value in entry.items()}
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise BenchError(f"sequence file {path}: 'hparams' must map method names to {{field: value}}")
+    try:
+        for name in table:
+            if name not in METHODS:
+                raise did_you_mean(name, METHODS.names(), "method under 'hparams'")
+        entry = table.get(method, {})
+        for name in entry:
+            if name not in fields:
+                raise did_you_mean(name, fields, f"hyper-parameter under 'hparams.{method}'")
+        return {name: _coerce(f"{method}.{name}", value, hints[name], "hparams.") for name, value in entry.items()}
+    except BenchError as e:
+        raise BenchError(f"sequence file {path}: {e}") from None
 
 
 def validate_set_owners(sets: list[tuple[str, str]], methods_known) -> None:

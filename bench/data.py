@@ -126,10 +126,12 @@ def code_version(task: Task) -> str:
 
 
 def load_split(backbone, task: Task, split: str, cache_dir: Path | None, *, limit=None, shots=None,
-               seed=0, data_root=None, val_size=200) -> EncodedSplit:
-    """Encoded examples of one split, from the on-disk cache when present."""
+               seed=0, data_root=None, val_size=200, files: str | None = None) -> EncodedSplit:
+    """Encoded examples of one split, from the on-disk cache when present; `files` is the digest of
+    the task's files (bench/identity.py), part of the cache key."""
     opts = dict(task=task.name, split=split, limit=limit, val_size=val_size, data_root=data_root,
-                shots=shots, seed=seed if shots is not None else None, enc=backbone.cache_key, code=code_version(task))
+                shots=shots, seed=seed if shots is not None else None, enc=backbone.cache_key, code=code_version(task),
+                **({"files": files} if files else {}))
     path = store = key = None
     if cache_dir is not None:
         key = f"{safe_name(task.name)}/{split}-{hashlib.sha1(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:16]}"

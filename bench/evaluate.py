@@ -10,8 +10,10 @@ from bench.store import state_digest
 
 
 @torch.inference_mode()
-def score(method, t: int, data: EncodedSplit, batch_size: int = 256, precision: str = "fp32") -> float:
+def score(method, t: int, data: EncodedSplit, batch_size: int = 256, precision: str = "fp32", ctx=None) -> float:
+    """Task t's score on `data`: with the final model of task t, or as trained in `ctx` (validation)."""
     task = method.tasks[t]
+    method.activate(t, ctx)
     method.net.eval()
     total = 0.0  # a device tensor after the first batch: one host sync per evaluation, not per batch
     for batch in data.batches(batch_size):

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from bench.backbones.base import Backbone, pooled
+from bench.context import TaskContext
 from bench.task import Task
 
 
@@ -15,10 +16,17 @@ class NoHParams:
     pass
 
 
+def require(ok: bool, name: str, value, rule: str) -> None:
+    """A hyper-parameter's range check, for `HParams.__post_init__`: a bad value is refused when the
+    run is configured, before anything trains."""
+    if not ok:
+        raise ValueError(f"{name}={value!r}: must be {rule}")
+
+
 @dataclass
 class Stage:
     """One training stage of a task. Most methods have one; I2I and ATLAS have several. The runner
-    trains each stage with its own optimizer on `method.trainable_parameters(t)` and `method.loss`,
+    trains each stage with its own optimizer on `method.trainable_parameters` and `method.loss`,
     for `steps` x the task's step budget, on the first `data` fraction of the training split."""
     name: str = "train"
     steps: float = 1.0
@@ -92,43 +100,51 @@ class Method:
         self.heads = nn.ModuleList(head(backbone.pooled_size(t), 1 if t.choices else t.n_classes, 2 * backbone.hidden_size)
                                    for t in tasks)
         self.net = nn.ModuleDict({"backbone": backbone, "heads": self.heads})
-        self.stage = Stage()
-        # every task's training split (EncodedSplit), set by the runner before the first task, for
-        # methods that use task data outside the training loop (EWC's Fisher, replay memories)
-        self.train_data: list = []
 
-    # -- hooks, all optional -------------------------------------------------------------
+    # -- hooks, all optional; `ctx` is the TaskContext of the task being trained (bench/context.py) --
     def setup(self):
         """Called once after construction: freeze parts, inject adapters, register state."""
 
-    def begin_task(self, t: int):
-        pass
+    def begin_task(self, ctx: TaskContext):
+        """Before task ctx.task's stages (ctx.stage is None); torch is already seeded with ctx.seed."""
 
     def stages(self, t: int) -> list[Stage]:
         """One stage; the first task's is shared with `trains_as` (nothing earlier exists that
         could make a method's first task differ from plain fine-tuning's)."""
         return [Stage(shared=self.trains_as if t == 0 else None)]
 
-    def begin_stage(self, t: int, stage: Stage):
-        """Called before each stage (after `begin_task`); `self.stage` is already set to it."""
+    def begin_stage(self, ctx: TaskContext):
+        """Before each stage (after `begin_task`); ctx.stage is the stage."""
 
-    def trainable_parameters(self, t: int) -> list[dict]:
-        """Parameter groups for task t's optimizer."""
+    def trainable_parameters(self, t: int, ctx: TaskContext) -> list[dict]:
+        """Parameter groups for training task t (one of ctx.tasks) in stage ctx.stage."""
         body = [p for p in self.backbone.parameters() if p.requires_grad]
-        groups = [{"params": list(self.heads[t].parameters()), "lr": self.head_lr}]
-        return groups + ([{"params": body, "lr": self.lr}] if body else [])
+        groups = [{"params": list(self.heads[t].parameters()), "lr": ctx.head_lr}]
+        return groups + ([{"params": body, "lr": ctx.lr}] if body else [])
+
+    def activate(self, t: int, ctx: TaskContext | None):
+        """Make the model compute task t, as PEFT's `set_adapter`: which adapters/fusions the
+        backbone runs. `ctx` is the training context when task t is being trained or validated in
+        stage ctx.stage, None for predictions with the final model of task t. The runner calls it
+        before training batches of task t and before scoring task t; `forward` assumes it."""
 
     def forward(self, batch: dict, t: int) -> torch.Tensor:
-        """Logits [B, n_classes] (or [B, n_choices] for multiple choice)."""
+        """Logits [B, n_classes] (or [B, n_choices] for multiple choice) of the active task t."""
         return logits(self.heads[t], pooled(self.backbone, batch))
 
-    def loss(self, batch: dict, t: int) -> torch.Tensor:
+    def loss(self, batch: dict, t: int, ctx: TaskContext) -> torch.Tensor:
+        """The training loss of a batch of task t (one of ctx.tasks), under the loop's autocast."""
         return task_loss(self.forward(batch, t), batch["label"], self.tasks[t])
 
-    def after_step(self, t: int):
+    def after_backward(self, ctx: TaskContext, param_groups: list[dict]):
+        """Between `loss.backward()` and gradient clipping + the optimizer step: the gradients are
+        in `p.grad` for p in the optimizer's `param_groups` (A-GEM projects them here). Called only
+        when overridden. A forward of its own runs under `ctx.autocast()`."""
+
+    def after_step(self, ctx: TaskContext):
         pass
 
-    def end_task(self, t: int):
+    def end_task(self, ctx: TaskContext):
         pass
 
     def predict(self, batch: dict, t: int) -> torch.Tensor:

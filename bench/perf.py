@@ -46,6 +46,7 @@ from bench.precision import autocast
 from bench.registry import METHODS, TASKS
 from bench.runner import build_method, execute, plan_split, task_seed
 from bench.store import finished_runs
+from bench.suite import run_suite
 from bench.train import _schedule, adamw
 
 SECTIONS = ("a", "b", "c", "d", "e", "f")
@@ -390,13 +391,15 @@ def section_leaderboard_estimate(wl: Workload, say, seeds: int = 3) -> float:
 def section_leaderboard(wl: Workload, say, seeds=(0, 1, 2)) -> float:
     """The real thing: `run --methods all --seeds 0 1 2` from an empty cache, timed, with each
     method's run times."""
-    import run_bench
+    from bench.report import write_report
     out = Path(tempfile.mkdtemp(dir=wl.scratch))
-    args = ["run", "--methods", "all", "--seeds", *map(str, seeds), "--sequence", wl.sequence,
-            "--backbone", wl.backbone, "--out", str(out), "--threads", "1", "--set", f"cache_dir={out / 'empty-cache'}"]
+    sets = [("cache_dir", str(out / "empty-cache"))] + ([("steps", str(wl.steps))] if wl.steps else [])
     t0 = time.perf_counter()
-    rc = run_bench.main(args + (["--quick"] if wl.quick else []) + (["--set", f"steps={wl.steps}"] if wl.steps else []))
+    outcomes = run_suite(["all"], list(seeds), sets, out=str(out), sequence=wl.sequence, backbone=wl.backbone,
+                         quick=wl.quick)
+    write_report(out)
     total = time.perf_counter() - t0
+    rc = 1 if any(o.status == "failed" for o in outcomes) else 0
     per_method = {}
     for m in finished_runs(out):
         per_method.setdefault(m["method"], []).append(m["time"]["total_s"])
@@ -412,14 +415,12 @@ def section_parallel(wl: Workload, say) -> None:
     as two one-thread workers vs one two-thread worker; compared on the runs' own times (imports
     and worker start-up excluded): side by side = the longest run of each wave, one after another =
     the sum."""
-    import run_bench
     steps = max(1, round(sum(p.steps for p in plan_tasks(wl.config("finetune"))) / len(plan_tasks(wl.config("finetune"))) / 4))
     results = {}
     for threads, workers in ((1, 2), (2, 1)):
         out = Path(tempfile.mkdtemp(dir=wl.scratch))
-        run_bench.main(["run", "--methods", "finetune", "--seeds", "0", "1", "--sequence", wl.sequence, "--backbone",
-                        wl.backbone, "--out", str(out), "--threads", str(threads), "--workers", str(workers),
-                        "--set", f"cache_dir={wl.cache_dir}", "--set", f"steps={steps}", "--set", "reuse_stages=false"])
+        run_suite(["finetune"], [0, 1], [("cache_dir", str(wl.cache_dir)), ("steps", str(steps)), ("reuse_stages", "false")],
+                  out=str(out), threads=threads, workers=workers, sequence=wl.sequence, backbone=wl.backbone)
         runs = finished_runs(out)
         waves = [[m["time"]["total_s"] for m in runs if (m["method"] == "single_task") == ref] for ref in (True, False)]
         results[threads] = sum(max(w) for w in waves if w) if workers == 2 else sum(sum(w) for w in waves)

@@ -1,7 +1,6 @@
 """One run: a method through a sequence. Evaluates after every task, checkpoints after every
 task, resumes from the last finished task, and writes `DONE` last."""
 import fcntl
-import os
 import platform
 import resource
 import subprocess
@@ -17,14 +16,16 @@ from bench import metrics
 from bench.backbones import build_backbone
 from bench.cache import default_cache_dir
 from bench.config import RunConfig, data_plans, plan_tasks, resolve
+from bench.context import TaskContext
 from bench.data import load_split
 from bench.errors import BenchError
 from bench.evaluate import SettledScores, score
+from bench.identity import data_fingerprint
 from bench.precision import compile_backbone
 from bench.prefix import FrozenPrefix
 from bench.registry import METHODS, TASKS
-from bench.store import (load_tensors, read_done, remove_partial_files, runs_dir, save_tensors, state_digest, write_json,
-                         write_text)
+from bench.run_state import RunState
+from bench.store import read_done, remove_partial_files, runs_dir, write_json, write_text
 from bench.reuse import fit_or_reuse
 from bench.train import fit, param_groups
 
@@ -113,13 +114,14 @@ def execute(cfg: RunConfig, out, *, device: str = "auto", threads: int | None = 
 
 def execute_run(cfg: RunConfig, out, *, device: str = "auto", threads: int | None = None,
                 cache_dir=None, wait: bool = True, log=print, cache_prefix: bool = True,
-                reuse_stages: bool = True, reuse_scores: bool = True, compile: bool = False) -> tuple[str, dict]:
+                reuse_stages: bool = True, reuse_scores: bool = True, compile: bool = False,
+                rerun: bool = False) -> tuple[str, dict]:
     """Run `cfg`; returns (status, metrics) with status "done" (finished before), "waited" (another
     process finished it while this one waited for the lock), "resumed" (continued from the last
     finished task of a killed attempt) or "trained". With wait=False raises RunBusy instead of
-    waiting for another process."""
+    waiting for another process. `rerun` trains a finished run again from its first task."""
     run_dir = runs_dir(out) / cfg.run_id
-    done = read_done(run_dir)
+    done = None if rerun else read_done(run_dir)
     if done is not None:
         return "done", done
     if threads:
@@ -127,9 +129,12 @@ def execute_run(cfg: RunConfig, out, *, device: str = "auto", threads: int | Non
     device = resolve_device(device)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     with run_lock(run_dir, wait, log) as waited:
-        done = read_done(run_dir)
+        done = read_done(run_dir) if waited or not rerun else None
         if done is not None:
             return ("waited" if waited else "done"), done
+        if rerun:  # DONE first: a rerun killed half-way is an unfinished run, never a finished one
+            for name in ("DONE", "metrics.json", "checkpoint.pt", "progress.json"):
+                (run_dir / name).unlink(missing_ok=True)
         if (run_dir / "DONE").exists():
             log(f"[{cfg.run_id}] DONE but its metrics.json is unreadable: redoing the run")
             (run_dir / "DONE").unlink()
@@ -142,108 +147,90 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
              cache_prefix: bool = True, reuse_stages: bool = True, reuse_scores: bool = True,
              compile: bool = False) -> tuple[str, dict]:
     started = time.time()
-    reuse_dir = cache_dir if reuse_stages else None
-    plans = plan_tasks(cfg)
-    tasks = [TASKS.get(p.name)() for p in plans]
-    down_plans = plan_tasks(cfg, "downstream")
-    down_tasks = [TASKS.get(p.name)() for p in down_plans]
-    for task in tasks + down_tasks:
-        task.prepare(cfg.data_root)  # label spaces that live in the files (answer vocabularies, class folders)
-    method_cls = METHODS.get(cfg.method)
-    backbone = build_backbone(cfg.backbone)
-    check_modalities(type(backbone), cfg.backbone, tasks + down_tasks)
-    method = build_method(cfg, method_cls, backbone, tasks, device)
+    run = Run(cfg, device, cache_dir, log, cache_prefix, cache_dir if reuse_stages else None)
+    state = RunState(run_dir, run.method, log, cfg.run_id)
+    state.resume(len(run.tasks))
+    run.train_sequence(state, reuse_scores, compile)
+    run.learn_downstream_tasks(state)
+    result = finish(cfg, run_dir, state.progress, run.tasks, run.method, device, time.time() - started)
+    state.finished()
+    return ("resumed" if state.resumed else "trained"), result
 
-    def split(task, p, name):
-        return plan_split(backbone, task, p, name, cfg, cache_dir).to(device)
 
-    T = len(tasks)
-    # every split of every task (downstream ones too) is read, so validated, and encoded before any training
-    data = {name: [split(tasks[t], plans[t], name) for t in range(T)] for name in ("train", "val", "test")}
-    down_data = [{name: split(task, p, name) for name in ("train", "val", "test")} for task, p in zip(down_tasks, down_plans)]
-    upstream_data = data  # as loaded: each downstream method is fresh and attaches its own frozen prefix
+class Run:
+    """One run's method and data, built and encoded before any training: every split of every
+    task (downstream ones too) is read, so validated, first."""
 
-    def with_prefix(m, data: dict):
-        """(m's frozen prefix, `data` starting from it) -- computed once per example and cached on
-        disk, or per batch without the cache -- or (None, data) when m declares none."""
-        prefix = FrozenPrefix.of(m, cfg.precision, log)
+    def __init__(self, cfg: RunConfig, device: str, cache_dir: Path, log, cache_prefix: bool, reuse_dir: Path | None):
+        self.cfg, self.device, self.cache_dir, self.log = cfg, device, cache_dir, log
+        self.cache_prefix, self.reuse_dir = cache_prefix, reuse_dir
+        self.plans, self.down_plans = plan_tasks(cfg), plan_tasks(cfg, "downstream")
+        self.tasks = [TASKS.get(p.name)() for p in self.plans]
+        self.down_tasks = [TASKS.get(p.name)() for p in self.down_plans]
+        for task in self.tasks + self.down_tasks:
+            task.prepare(cfg.data_root)  # label spaces that live in the files (answer vocabularies, class folders)
+        backbone = build_backbone(cfg.backbone)
+        check_modalities(type(backbone), cfg.backbone, self.tasks + self.down_tasks)
+        self.method = build_method(cfg, METHODS.get(cfg.method), backbone, self.tasks, device)
+
+        def split(task, p, name):
+            return plan_split(backbone, task, p, name, cfg, cache_dir).to(device)
+        # as loaded: each downstream method is fresh and attaches its own frozen prefix
+        self.data = {name: [split(task, p, name) for task, p in zip(self.tasks, self.plans)] for name in ("train", "val", "test")}
+        self.down_data = [{name: split(task, p, name) for name in ("train", "val", "test")}
+                          for task, p in zip(self.down_tasks, self.down_plans)]
+
+    def with_prefix(self, method, data: dict):
+        """(method's frozen prefix, `data` starting from it) -- computed once per example and cached
+        on disk, or per batch without the cache -- or (None, data) when the method declares none."""
+        prefix = FrozenPrefix.of(method, self.cfg.precision, self.log)
         if prefix is None:
             return None, data
-        attach = (lambda s: prefix.attach(s, cache_dir, cfg.eval_batch_size)) if cache_prefix else prefix.on_the_fly
+        attach = (lambda s: prefix.attach(s, self.cache_dir, self.cfg.eval_batch_size)) if self.cache_prefix else prefix.on_the_fly
         return prefix, {name: [attach(s) for s in splits] for name, splits in data.items()}
-    # The checkpoint holds the weights and the progress together (one atomic file, so they always
-    # agree); progress.json is a copy for people to read and is never read back. Its weights are
-    # the tensors that differ from the model as built (which a resumed run rebuilds identically:
-    # it is seeded), with the built model's digest, so it is never applied to another build: a
-    # frozen backbone is not written after every task.
-    progress_path, ckpt_path = run_dir / "progress.json", run_dir / "checkpoint.pt"
-    progress = {"rows": [], "train_s": [], "trainable": [], "fit": [], "downstream": []}
-    resumed = False
-    built = {k: v.detach().clone() for k, v in method.state_dict().items()}
-    built_digest = state_digest(built)
-    if ckpt_path.exists():
-        try:
-            state = load_tensors(ckpt_path)
-            if state["finished"] != len(state["progress"]["rows"]):
-                raise ValueError("progress does not match the weights")
-            if state.get("built") != built_digest:
-                raise ValueError("it was made from another build of the model")
-            method.load_state_dict({**built, **state["method"]})
-            progress, resumed = state["progress"], True
-            log(f"[{cfg.run_id}] resuming after task {len(progress['rows'])}/{T}")
-        except Exception as e:  # a partial or corrupt checkpoint is redone, not read
-            method.load_state_dict(built)  # undo a load that failed half-way
-            log(f"[{cfg.run_id}] ignoring unreadable checkpoint ({type(e).__name__}: {e}); starting over")
 
-    def checkpoint():  # not fsynced: a checkpoint damaged by a power cut is detected and redone
-        changed = {k: v for k, v in method.state_dict().items() if k not in built or not torch.equal(v, built[k])}
-        save_tensors(ckpt_path, {"finished": len(progress["rows"]), "method": changed, "built": built_digest,
-                                 "progress": progress}, durable=False)
-        write_json(progress_path, progress)
-    prefix, data = with_prefix(method, data)  # after resuming: the prefix's weights are final
-    method.train_data = data["train"]
-    if compile:
-        compile_backbone(method)
-    # a compiled forward runs its ops out of sight of the trace that settles a score
-    scores = SettledScores(method) if reuse_scores and method.isolates_tasks and not compile else None
-    groups = [[t] for t in range(T)] if not method.joint else [list(range(T))]
-    for group in groups[len(progress["rows"]) if not method.joint else len(progress["rows"]) // T:]:
-        t0 = time.time()
-        i = group[-1]
-        names = "+".join(tasks[t].name for t in group)
-        trainable, stage_costs = train_group(method, group, plans, data, cfg, prefix, reuse_dir)
-        train_s = time.time() - t0 + reused_seconds(stage_costs)
-        if method.joint:
-            progress["rows"] += [[None] * T for _ in range(T - 1)]
-        evaluated = range(i + 1) if method.evaluates_seen_tasks else [i]
-        row = [None] * T
-        for j in evaluated:
-            args = (j, data["test"][j], cfg.eval_batch_size, cfg.precision)
-            row[j] = scores.score(*args) if scores else score(method, *args)
-        progress["rows"].append(row)
-        progress["train_s"] += [train_s / len(group)] * len(group)
-        progress["trainable"] += [trainable] * len(group)
-        progress["fit"] += stage_costs
-        checkpoint()
-        log(f"[{cfg.run_id}] task {i + 1}/{T} {names}: "
-            + " ".join("-" if v is None else f"{v:.1f}" for v in row) + f"  ({train_s:.1f}s)")
-    progress.setdefault("downstream", [])
-    for task, plan, task_data in list(zip(down_tasks, down_plans, down_data))[len(progress["downstream"]):]:
-        progress["downstream"].append(learn_downstream(cfg, method, tasks, plans, upstream_data, task, plan, task_data, device,
-                                                        with_prefix, reuse_dir))
-        checkpoint()
-        log(f"[{cfg.run_id}] downstream {task.name}: {progress['downstream'][-1]['score']:.1f}")
-    result = finish(cfg, run_dir, progress, tasks, method, device, time.time() - started)
-    if os.environ.get("MMCL_KEEP_CHECKPOINT", "1") == "0":
-        ckpt_path.unlink(missing_ok=True)
-    return ("resumed" if resumed else "trained"), result
+    def train_sequence(self, state: RunState, reuse_scores: bool, compile: bool) -> None:
+        """Train the tasks not yet finished, one after another (all at once for a joint method),
+        scoring the seen tasks and checkpointing after each."""
+        cfg, method, tasks, progress, T = self.cfg, self.method, self.tasks, state.progress, len(self.tasks)
+        prefix, data = self.with_prefix(method, self.data)  # after resuming: the prefix's weights are final
+        if compile:
+            compile_backbone(method)
+        # a compiled forward runs its ops out of sight of the trace that settles a score
+        scores = SettledScores(method) if reuse_scores and method.isolates_tasks and not compile else None
+        groups = [[t] for t in range(T)] if not method.joint else [list(range(T))]
+        for group in groups[len(progress["rows"]) if not method.joint else len(progress["rows"]) // T:]:
+            t0, i = time.time(), group[-1]
+            trainable, stage_costs = train_group(method, group, self.plans, data, cfg, prefix, self.reuse_dir)
+            train_s = time.time() - t0 + reused_seconds(stage_costs)
+            if method.joint:
+                progress["rows"] += [[None] * T for _ in range(T - 1)]
+            row = [None] * T
+            for j in range(i + 1) if method.evaluates_seen_tasks else [i]:
+                args = (j, data["test"][j], cfg.eval_batch_size, cfg.precision)
+                row[j] = scores.score(*args) if scores else score(method, *args)
+            progress["rows"].append(row)
+            progress["train_s"] += [train_s / len(group)] * len(group)
+            progress["trainable"] += [trainable] * len(group)
+            progress["fit"] += stage_costs
+            state.save()
+            self.log(f"[{cfg.run_id}] task {i + 1}/{T} {'+'.join(tasks[t].name for t in group)}: "
+                     + " ".join("-" if v is None else f"{v:.1f}" for v in row) + f"  ({train_s:.1f}s)")
+
+    def learn_downstream_tasks(self, state: RunState) -> None:
+        done = state.progress["downstream"]
+        for task, plan, task_data in list(zip(self.down_tasks, self.down_plans, self.down_data))[len(done):]:
+            done.append(learn_downstream(self, task, plan, task_data))
+            state.save()
+            self.log(f"[{self.cfg.run_id}] downstream {task.name}: {done[-1]['score']:.1f}")
 
 
 def plan_split(backbone, task, plan, name: str, cfg: RunConfig, cache_dir: Path):
     """Split `name` of a planned task, encoded (from the cache when it is there)."""
     limit = {"train": plan.train_cap, "test": plan.test_cap, "val": None}[name]
     return load_split(backbone, task, name, cache_dir, limit=limit, shots=plan.shots if name == "train" else None,
-                      seed=cfg.seed, data_root=cfg.data_root, val_size=plan.val_size)
+                      seed=cfg.seed, data_root=cfg.data_root, val_size=plan.val_size,
+                      files=data_fingerprint(task, cfg.data_root))
 
 
 def encode_suite_data(cfgs: list[RunConfig], cache_dir=None, threads: int | None = None) -> None:
@@ -265,10 +252,6 @@ def encode_suite_data(cfgs: list[RunConfig], cache_dir=None, threads: int | None
 def build_method(cfg: RunConfig, method_cls, backbone, tasks, device: str):
     torch.manual_seed(task_seed(cfg.seed, -1))  # heads and method modules: seeded per run
     method = method_cls(backbone, tasks, method_cls.HParams(**cfg.hparams))
-    if cfg.lr is not None:
-        method.lr = cfg.lr
-    if cfg.head_lr is not None:
-        method.head_lr = cfg.head_lr
     method.setup()
     method.net.to(device)
     return method
@@ -281,28 +264,28 @@ def train_group(method, group: list[int], plans, data: dict, cfg: RunConfig, pre
     the most parameters trained at once and each stage's cost."""
     i = group[-1]
     names = "+".join(method.tasks[t].name for t in group)
-    torch.manual_seed(task_seed(cfg.seed, i))
-    for t in group:
-        method.begin_task(t)
-        if plans[t].lr is not None:
-            method.lr = plans[t].lr
+    # the task's own settings; a joint group takes its last task's learning rate
+    ctx = TaskContext(task=i, tasks=tuple(group), train_data=data["train"], seed=task_seed(cfg.seed, i),
+                      lr=first_set(plans[i].lr, type(method).lr), head_lr=first_set(cfg.head_lr, type(method).head_lr),
+                      precision=cfg.precision)
+    torch.manual_seed(ctx.seed)
+    method.begin_task(ctx)
     if prefix is not None:
         prefix.check()  # the cached states stay valid only while the prefix stays frozen
     trainable, stage_costs = 0, []
     for stage in method.stages(i):
         s0 = time.time()
-        method.stage = stage
-        method.begin_stage(i, stage)
+        stage_ctx = ctx.at(stage)
+        method.begin_stage(stage_ctx)
         train = {t: data["train"][t].head(stage.data) for t in group}
         val = {t: data["val"][t] for t in group}
         steps = max(1, round(stage.steps * sum(plans[t].steps for t in group)))
-        seed = task_seed(cfg.seed, i)
 
         def fit_stage():
-            return fit(method, train, val, steps=steps, cfg=cfg, seed=seed, desc=f"{cfg.method} s{cfg.seed} {names} {stage.name}")
+            return fit(method, stage_ctx, train, val, steps=steps, cfg=cfg, desc=f"{cfg.method} s{cfg.seed} {names} {stage.name}")
         if stage.shared and reuse_dir is not None:
-            stats = fit_or_reuse(fit_stage, method, stage.shared, param_groups(method, train, cfg), train, val, steps, cfg,
-                                 seed, reuse_dir)
+            stats = fit_or_reuse(fit_stage, method, stage.shared, param_groups(method, stage_ctx), train, val, steps, cfg,
+                                 ctx.seed, reuse_dir)
         else:
             stats = fit_stage()
         trainable = max(trainable, stats["trainable"])
@@ -310,9 +293,12 @@ def train_group(method, group: list[int], plans, data: dict, cfg: RunConfig, pre
         stage_costs.append({"task": i, "stage": stage.name, "steps": steps, "examples": sum(len(d) for d in train.values()),
                             "trainable": stats["trainable"], "seconds": stats.get("seconds", time.time() - s0),
                             "val_best": stats["val_best"], "best_step": stats["best_step"], **reused})
-    for t in group:
-        method.end_task(t)
+    method.end_task(ctx)
     return trainable, stage_costs
+
+
+def first_set(*values):
+    return next(v for v in values if v is not None)
 
 
 def reused_seconds(stage_costs: list[dict]) -> float:
@@ -320,24 +306,22 @@ def reused_seconds(stage_costs: list[dict]) -> float:
     return sum(c["seconds"] for c in stage_costs if c.get("reused"))
 
 
-def learn_downstream(cfg, upstream, tasks, plans, data, task, plan, task_data, device, with_prefix=None,
-                     reuse_dir=None) -> dict:
+def learn_downstream(run: Run, task, plan, task_data) -> dict:
     """CLiMB's phase II: a downstream task is learnt on its own, right after the upstream sequence,
     by the same method (as one more task, index T) from the upstream model. A fresh backbone and
     method over the upstream tasks + this one take the upstream state, so every downstream task
     starts from the same point and none sees another."""
+    cfg, upstream, tasks = run.cfg, run.method, run.tasks
     t0, T = time.time(), len(tasks)
-    method = build_method(cfg, type(upstream), build_backbone(cfg.backbone), tasks + [task], device)
+    method = build_method(cfg, type(upstream), build_backbone(cfg.backbone), tasks + [task], run.device)
     state, carried = method.state_dict(), upstream.state_dict()
     clash = next((k for k, v in carried.items() if k in state and state[k].shape != v.shape), None)
     if clash is not None:
         raise BenchError(f"method '{cfg.method}': state '{clash}' changes shape with the number of tasks, "
                          "so a downstream task cannot start from the upstream model")
     method.load_state_dict({**state, **{k: v for k, v in carried.items() if k in state}})
-    data = {name: data[name] + [task_data[name]] for name in data}
-    prefix, data = with_prefix(method, data) if with_prefix else (None, data)
-    method.train_data = data["train"]
-    trainable, stage_costs = train_group(method, [T], plans + [plan], data, cfg, prefix, reuse_dir)
+    prefix, data = run.with_prefix(method, {name: run.data[name] + [task_data[name]] for name in run.data})
+    trainable, stage_costs = train_group(method, [T], run.plans + [plan], data, cfg, prefix, run.reuse_dir)
     return {"task": task.name, "score": score(method, T, data["test"][T], cfg.eval_batch_size, cfg.precision),
             "chance": task.chance, "shots": plan.shots, "train_examples": len(task_data["train"]),
             "trainable": trainable, "train_s": time.time() - t0 + reused_seconds(stage_costs), "stages": stage_costs}

@@ -22,6 +22,7 @@ class ExecOptions:
     reuse_stages: bool = True     # train a stage shared by several methods once per seed (bench/reuse.py)
     reuse_scores: bool = True     # carry settled test scores forward (bench/evaluate.py SettledScores)
     compile: bool = False         # torch.compile the backbone (GPUs)
+    rerun: bool = False           # train the runs again even when they are done (`--rerun`)
 
     @classmethod
     def from_sets(cls, sets: list[tuple[str, str]], **flags) -> "ExecOptions":
@@ -104,13 +105,25 @@ def check_data(waves: list[list[RunConfig]]) -> None:
                 raise BenchError(f"task '{p.name}' has no {split} examples (check data_root, shots and caps)")
 
 
+def run_suite(methods: list[str], seeds: list[int], sets: list[tuple[str, str]], *, out: str, threads: int = 1,
+              workers: int | None = None, executor: str = "local", rerun: bool | None = None, **base) -> list:
+    """What `run_bench.py run` does before its report: plan the runs and execute them through
+    `executor` with its `--set <executor>.<field>` options; one Outcome per run."""
+    from bench.executors import executor_sets, make_executor
+    sets, executor_options = executor_sets(sets)
+    opts = ExecOptions.from_sets(sets, out=out, threads=threads, workers=workers, rerun=rerun)
+    runner = make_executor(executor, opts, executor_options)
+    return execute_suite(plan(methods, seeds, sets, opts.device, **base), runner)
+
+
 def execute_suite(waves: list[list[RunConfig]], executor) -> list:
     """Check the output directory and the data, then send the runs not yet done through
     `executor` (a `bench.executors.Executor`); returns one Outcome per run."""
     from bench.executors import Outcome
     out = executor.opts.out
     check_writable(out)
-    done = [Outcome(c.run_id, "done") for wave in waves for c in wave if is_done(runs_dir(out) / c.run_id)]
+    done = [Outcome(c.run_id, "done") for wave in waves for c in wave
+            if not executor.opts.rerun and is_done(runs_dir(out) / c.run_id)]
     finished = {o.run_id for o in done}
     todo = [[c for c in wave if c.run_id not in finished] for wave in waves]
     check_data(todo)

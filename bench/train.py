@@ -7,6 +7,7 @@ from tqdm import tqdm
 
 from bench.errors import BenchError
 from bench.evaluate import score
+from bench.method import Method
 from bench.precision import autocast
 
 
@@ -56,27 +57,33 @@ def _batches(train: dict, batch_size: int, generator: torch.Generator):
         yield t, batch
 
 
-def param_groups(method, tasks, cfg) -> list[dict]:
-    """The optimizer's parameter groups for training `tasks` (each parameter once)."""
+def param_groups(method, ctx) -> list[dict]:
+    """The optimizer's parameter groups for training the tasks `ctx.tasks` (each parameter once)."""
     groups = []
-    for t in tasks:
-        groups += method.trainable_parameters(t)
+    for t in ctx.tasks:
+        groups += method.trainable_parameters(t, ctx)
     groups = _dedup_groups(groups)
     for g in groups:
-        g.setdefault("lr", cfg.lr)
+        g.setdefault("lr", ctx.lr)
     return groups
 
 
-def fit(method, train: dict, val: dict, *, steps: int, cfg, seed: int, desc: str = "") -> dict:
-    """Train `method` on tasks `train` ({task id: EncodedSplit}) for `steps` steps.
+def overrides(method, hook: str) -> bool:
+    return getattr(type(method), hook) is not getattr(Method, hook)
+
+
+def fit(method, ctx, train: dict, val: dict, *, steps: int, cfg, desc: str = "") -> dict:
+    """Train `method` in stage `ctx.stage` on tasks `train` ({task id: EncodedSplit}) for `steps` steps.
 
     Returns {"steps", "val_best", "best_step", "trainable"}; restores the parameters of the best
     validation check (mean score over `val` tasks)."""
-    groups = param_groups(method, train, cfg)
+    groups = param_groups(method, ctx)
     params = [p for g in groups for p in g["params"]]
     opt = adamw(groups, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(steps, cfg.warmup))
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(ctx.seed)
+    after_backward = overrides(method, "after_backward")  # no call per step for the methods without one
+    active = None  # the task `method.activate` was last called for
     checks = {min(steps, math.ceil(steps * (k + 1) / max(1, cfg.val_checks))) for k in range(cfg.val_checks)}
     best, best_step, best_state = -math.inf, 0, None
     bad = None  # non-finite loss seen; stays on the device: no host sync per step, checked at val checks
@@ -85,20 +92,26 @@ def fit(method, train: dict, val: dict, *, steps: int, cfg, seed: int, desc: str
     batches = _batches(train, cfg.batch_size, generator)
     for step in tqdm(range(1, steps + 1), desc=desc, leave=False, disable=None, mininterval=2):
         t, batch = next(batches)
+        if t != active:
+            method.activate(t, ctx)
+            active = t
         with autocast(cfg.precision, device_type):
-            loss = method.loss(batch, t)
+            loss = method.loss(batch, t, ctx)
         nonfinite = ~torch.isfinite(loss.detach())
         bad = nonfinite if bad is None else bad | nonfinite
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if after_backward:
+            method.after_backward(ctx, opt.param_groups)
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
-        method.after_step(t)
+        method.after_step(ctx)
         if step in checks:
             if bad is not None and bool(bad):
                 raise NonFiniteLoss(f"non-finite loss while training task {desc or t}")
-            value = sum(score(method, v, val[v], cfg.eval_batch_size, cfg.precision) for v in val) / len(val)
+            value = sum(score(method, v, val[v], cfg.eval_batch_size, cfg.precision, ctx) for v in val) / len(val)
+            active = None  # validation activated its own tasks
             if value > best:
                 best, best_step = value, step
                 best_state = None if step == steps else [p.detach().clone() for p in params]

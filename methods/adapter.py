@@ -7,13 +7,16 @@ from dataclasses import dataclass
 from torch import nn
 
 from bench.adapters import Injector, adapter_set
-from bench.method import Method, Stage
+from bench.method import Method, Stage, require
 from bench.registry import METHODS
 
 
 @dataclass
 class AdapterHParams:
     reduction: int = 16
+
+    def __post_init__(self):
+        require(self.reduction >= 1, "reduction", self.reduction, "an integer >= 1")
 
 
 @METHODS.register("adapter")
@@ -40,16 +43,12 @@ class Adapter(Method):
     def stages(self, t):
         return [self.alone()]
 
-    def activate(self, t: int):
+    def activate(self, t, ctx):
         self.injector.fn = lambda i, h: h + self.adapters[t][i](h)
 
-    def trainable_parameters(self, t):
-        return [{"params": list(self.heads[t].parameters()), "lr": self.head_lr},
-                {"params": list(self.adapters[t].parameters()), "lr": self.lr}]
-
-    def forward(self, batch, t):
-        self.activate(t)
-        return super().forward(batch, t)
+    def trainable_parameters(self, t, ctx):
+        return [{"params": list(self.heads[t].parameters()), "lr": ctx.head_lr},
+                {"params": list(self.adapters[t].parameters()), "lr": ctx.lr}]
 
     def task_modules(self, t):
         return [self.heads[t], self.adapters[t]]

@@ -13,17 +13,22 @@ from dataclasses import dataclass
 from torch import nn
 
 from bench.fusion import fused, fusion_set, value_regulariser
-from bench.method import Stage
+from bench.method import Stage, require
 from bench.registry import METHODS
-from methods.adapter import Adapter
+from methods.adapter import Adapter, AdapterHParams
 
 
 @dataclass
-class AdapterFusionHParams:
-    reduction: int = 16
+class AdapterFusionHParams(AdapterHParams):
     value_reg: float = 0.01   # lambda of the W_V regulariser
     fusion_lr: float = 5e-5   # the paper's fusion learning rate
     fusion_steps: float = 1.0  # fusion stage budget, in units of the task's step budget
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.value_reg >= 0, "value_reg", self.value_reg, ">= 0")
+        require(self.fusion_lr > 0, "fusion_lr", self.fusion_lr, "> 0")
+        require(self.fusion_steps > 0, "fusion_steps", self.fusion_steps, "> 0")
 
 
 @METHODS.register("adapter_fusion")
@@ -37,35 +42,35 @@ class AdapterFusion(Adapter):
         d = self.injector.widths
         self.fusions = nn.ModuleDict({str(t): fusion_set(len(self.injector), d) for t in range(1, len(self.tasks))})
         self.net["fusions"] = self.fusions
-        self.extracting = None  # the task whose adapter is being trained alone (stage "adapter")
 
     def stages(self, t):
         adapter = self.alone("adapter")
         return [adapter] if t == 0 else [adapter, Stage("fusion", steps=self.hp.fusion_steps)]
 
-    def begin_stage(self, t, stage):
-        self.extracting = t if stage.name == "adapter" else None
-        if stage.name == "fusion":  # the fused adapters are fixed: no weight gradients for them
-            self.adapters[: t + 1].requires_grad_(False)
+    def begin_stage(self, ctx):
+        if ctx.stage.name == "fusion":  # the fused adapters are fixed: no weight gradients for them
+            self.adapters[: ctx.task + 1].requires_grad_(False)
 
-    def uses_fusion(self, t: int) -> bool:
-        return t > 0 and t != self.extracting
+    def uses_fusion(self, t: int, ctx) -> bool:
+        """False for task 0 and for the task whose adapter is trained alone (stage "adapter")."""
+        extracting = ctx is not None and ctx.stage.name == "adapter" and t == ctx.task
+        return t > 0 and not extracting
 
-    def trainable_parameters(self, t):
-        if not self.uses_fusion(t):
-            return super().trainable_parameters(t)
-        return [{"params": list(self.heads[t].parameters()), "lr": self.head_lr},
+    def trainable_parameters(self, t, ctx):
+        if not self.uses_fusion(t, ctx):
+            return super().trainable_parameters(t, ctx)
+        return [{"params": list(self.heads[t].parameters()), "lr": ctx.head_lr},
                 {"params": list(self.fusions[str(t)].parameters()), "lr": self.hp.fusion_lr}]
 
-    def activate(self, t):
-        if self.uses_fusion(t):
+    def activate(self, t, ctx):
+        if self.uses_fusion(t, ctx):
             self.injector.fn = fused(self.fusions[str(t)], self.adapters[: t + 1])
         else:
-            super().activate(t)
+            super().activate(t, ctx)
 
-    def loss(self, batch, t):
-        loss = super().loss(batch, t)
-        if self.uses_fusion(t):
+    def loss(self, batch, t, ctx):
+        loss = super().loss(batch, t, ctx)
+        if self.uses_fusion(t, ctx):
             loss = loss + self.hp.value_reg * value_regulariser(self.fusions[str(t)])
         return loss
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.method import Stage
+from bench.method import Stage, require
 from bench.registry import METHODS
 from methods.adapter import Adapter, AdapterHParams
 
@@ -41,6 +41,12 @@ class AtlasHParams(AdapterHParams):
     ortho: float = 0.1             # weight of the orthogonality penalty (stage 2)
     experience_lr: float = 5e-2    # stage-1 queries (the reference's 100x its base lr)
     experience_steps: float = 1.0  # stage-1 budget, as a multiple of the task's steps
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.ortho >= 0, "ortho", self.ortho, ">= 0")
+        require(self.experience_lr > 0, "experience_lr", self.experience_lr, "> 0")
+        require(self.experience_steps > 0, "experience_steps", self.experience_steps, "> 0")
 
 
 class Vectors(nn.Module):
@@ -80,19 +86,15 @@ class Atlas(Adapter):
         self.queries = nn.ModuleList(Vectors(sites, d) for _ in range(T))        # q_{t,t}
         self.experience = nn.ModuleList(Vectors(sites, t, d) for t in range(T))  # q_{t,n}, n < t
         self.net.update({"adapter_keys": self.keys, "queries": self.queries, "experience": self.experience})
-        self.training_task = None
-
-    def begin_task(self, t):
-        self.training_task = t
 
     def stages(self, t):
         expansion = Stage("expansion")
         return [Stage("experience", steps=self.hp.experience_steps), expansion] if t else [expansion]
 
-    def begin_stage(self, t, stage):
+    def begin_stage(self, ctx):
         for bank in (self.adapters, self.keys, self.queries, self.experience):
             bank.requires_grad_(False)
-        for group in self.trainable_parameters(t)[1:]:
+        for group in self.trainable_parameters(ctx.task, ctx)[1:]:
             for p in group["params"]:
                 p.requires_grad_(True)
 
@@ -103,9 +105,9 @@ class Atlas(Adapter):
         """w_{t,n} [B] for the sources n = 0..len(outputs)-1 at one site."""
         return [adapter_weight(self.query(t, n, site), self.keys[n].weight[site], a) for n, a in enumerate(outputs)]
 
-    def activate(self, t):
+    def activate(self, t, ctx):
         # stage 1 reads only the earlier adapters; afterwards task t reads adapters 0..t
-        n_sources = t if self.stage.name == "experience" and t == self.training_task else t + 1
+        n_sources = t if ctx is not None and ctx.stage.name == "experience" and t == ctx.task else t + 1
 
         def fn(i, h):
             outputs = [self.adapters[n][i](h) for n in range(n_sources)]
@@ -120,18 +122,18 @@ class Atlas(Adapter):
                    + orthogonality(self.queries[t].weight[i:i + 1], self.experience[t].weight[i])
                    for i in range(len(self.injector)))
 
-    def loss(self, batch, t):
-        loss = super().loss(batch, t)
-        if self.stage.name == "expansion" and t > 0:
+    def loss(self, batch, t, ctx):
+        loss = super().loss(batch, t, ctx)
+        if ctx.stage.name == "expansion" and t > 0:
             loss = loss + self.hp.ortho * self.ortho_penalty(t)
         return loss
 
-    def trainable_parameters(self, t):
-        head = {"params": list(self.heads[t].parameters()), "lr": self.head_lr}
-        if self.stage.name == "experience":
+    def trainable_parameters(self, t, ctx):
+        head = {"params": list(self.heads[t].parameters()), "lr": ctx.head_lr}
+        if ctx.stage.name == "experience":
             return [head, {"params": list(self.experience[t].parameters()), "lr": self.hp.experience_lr}]
         return [head, {"params": [*self.adapters[t].parameters(), *self.keys[t].parameters(),
-                                  *self.queries[t].parameters()], "lr": self.lr}]
+                                  *self.queries[t].parameters()], "lr": ctx.lr}]
 
     def task_modules(self, t):
         return [self.heads[t], *self.adapters[: t + 1], *self.keys[: t + 1], self.queries[t], self.experience[t]]

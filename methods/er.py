@@ -13,8 +13,8 @@ YAML `hparams:`; at CLiMB's values `er` would train exactly like `finetune` ther
 current batch, capped at the memory's size, drawn without replacement (as CLiMB). Earlier heads
 stay trainable: replay updates them, as in CLiMB.
 
-Resume is exact: task k's memory is a pure function of k's seed (the runner's per-task seed, read
-in `begin_task`) and its training split, and the seeds are a buffer of `self.net`; replay draws
+Resume is exact: task k's memory is a pure function of k's seed (the runner's per-task seed,
+`ctx.seed`) and its training split, and the seeds are a buffer of `self.net`; replay draws
 come from a generator seeded per task, and a killed task is retrained from its start.
 """
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.method import Method
+from bench.method import Method, require
 from bench.registry import METHODS
 
 
@@ -32,6 +32,10 @@ class ERHParams:
     memory_fraction: float = 0.01  # share of each task's training split kept (CLiMB: 1 %)
     replay_every: int = 100        # a replay batch every k training steps (CLiMB: 100); 1 = interleaved
 
+    def __post_init__(self):
+        require(0 < self.memory_fraction <= 1, "memory_fraction", self.memory_fraction, "in (0, 1]")
+        require(self.replay_every >= 1, "replay_every", self.replay_every, ">= 1")
+
 
 @METHODS.register("er")
 class ExperienceReplay(Method):
@@ -39,47 +43,41 @@ class ExperienceReplay(Method):
     HParams = ERHParams
 
     def setup(self):
-        if not 0 < self.hp.memory_fraction <= 1:
-            raise BenchError(f"er.memory_fraction must be in (0, 1], got {self.hp.memory_fraction}")
-        if self.hp.replay_every < 1:
-            raise BenchError(f"er.replay_every must be >= 1, got {self.hp.replay_every}")
         memory = nn.Module()
         memory.register_buffer("seed", torch.full((len(self.tasks),), -1, dtype=torch.long))  # -1: not seen yet
         self.net["memory"] = memory
 
-    def begin_task(self, t):
-        super().begin_task(t)
-        seed = torch.initial_seed() % 2 ** 62  # the runner seeds torch per task right before begin_task
-        self.net["memory"].seed[t] = seed
-        self.generator = torch.Generator().manual_seed(seed)
+    def begin_task(self, ctx):
+        self.net["memory"].seed[ctx.task] = ctx.seed
+        self.generator = torch.Generator().manual_seed(ctx.seed)
         self.step = 0
 
-    def memory(self, k: int) -> torch.Tensor:
-        """Indices into task k's training split of its remembered examples."""
+    def memory(self, k: int, train_data) -> torch.Tensor:
+        """Indices into task k's training split (`train_data[k]`) of its remembered examples."""
         seed = int(self.net["memory"].seed[k])
         if seed < 0:
             raise BenchError(f"er: task {k} has no memory yet")
-        n = len(self.train_data[k])
+        n = len(train_data[k])
         size = max(1, round(self.hp.memory_fraction * n))
         return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]
 
-    def replay_batch(self, t: int, size: int) -> tuple[int, dict]:
+    def replay_batch(self, t: int, size: int, train_data) -> tuple[int, dict]:
         """(k, batch): an earlier task picked uniformly and up to `size` examples of its memory."""
         k = int(torch.randint(t, (), generator=self.generator))
-        memory = self.memory(k)
+        memory = self.memory(k, train_data)
         pick = memory[torch.randperm(len(memory), generator=self.generator)[:size]]
-        return k, self.train_data[k].batch(pick)
+        return k, train_data[k].batch(pick)
 
-    def loss(self, batch, t):
-        loss = super().loss(batch, t)
+    def loss(self, batch, t, ctx):
+        loss = super().loss(batch, t, ctx)
         if t > 0 and (self.step + 1) % self.hp.replay_every == 0:
-            k, replay = self.replay_batch(t, len(batch["label"]))
-            loss = loss + super().loss(replay, k)
+            k, replay = self.replay_batch(t, len(batch["label"]), ctx.train_data)
+            loss = loss + super().loss(replay, k, ctx)
         return loss
 
-    def after_step(self, t):
+    def after_step(self, ctx):
         self.step += 1
 
-    def trainable_parameters(self, t):
+    def trainable_parameters(self, t, ctx):
         earlier_heads = [p for k in range(t) for p in self.heads[k].parameters()]
-        return super().trainable_parameters(t) + [{"params": earlier_heads, "lr": self.head_lr}]
+        return super().trainable_parameters(t, ctx) + [{"params": earlier_heads, "lr": ctx.head_lr}]

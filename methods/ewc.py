@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.method import Method
+from bench.method import Method, require
 from bench.registry import METHODS
 
 
@@ -29,6 +29,11 @@ class EWCHParams:
     fisher_fraction: float = 0.01  # share of a task's training split used for its Fisher (CLiMB: 1 %)
     online: bool = False           # online EWC: one running Fisher, anchored at the latest task
     gamma: float = 1.0             # online EWC's decay of the running Fisher
+
+    def __post_init__(self):
+        require(self.lam >= 0, "lam", self.lam, ">= 0")
+        require(0 < self.fisher_fraction <= 1, "fisher_fraction", self.fisher_fraction, "in (0, 1]")
+        require(0 <= self.gamma <= 1, "gamma", self.gamma, "in [0, 1]")
 
 
 def per_parameter_buffers(named_params) -> nn.Module:
@@ -59,20 +64,20 @@ class EWC(Method):
         total = sum((f * (p - a).square()).sum() for p, f, a in zip(self.penalised, fisher, anchor))
         return self.hp.lam / 2 * total
 
-    def loss(self, batch, t):
-        loss = super().loss(batch, t)
+    def loss(self, batch, t, ctx):
+        loss = super().loss(batch, t, ctx)
         return loss + self.penalty() if t > 0 else loss
 
-    def fisher(self, t: int) -> list[torch.Tensor]:
+    def fisher(self, t: int, ctx) -> list[torch.Tensor]:
         """Empirical per-example diagonal Fisher of task t at the current parameters."""
-        data = self.train_data[t]
+        data = ctx.train_data[t]
         n = max(1, round(self.hp.fisher_fraction * len(data)))
         sums = [torch.zeros_like(p) for p in self.penalised]
         training = self.net.training
         self.net.eval()  # the Fisher of the deterministic model, without dropout noise
         for i in range(n):
             example = data.batch(torch.tensor([i]))
-            loss = Method.loss(self, example, t)  # the task's own loss, without the penalty
+            loss = Method.loss(self, example, t, ctx)  # the task's own loss, without the penalty
             grads = torch.autograd.grad(loss, self.penalised, allow_unused=True)
             for s, g in zip(sums, grads):
                 if g is not None:  # a parameter the task does not use (e.g. visual projection, text task)
@@ -80,8 +85,8 @@ class EWC(Method):
         self.net.train(training)
         return [s / n for s in sums]
 
-    def end_task(self, t):
-        new = self.fisher(t)
+    def end_task(self, ctx):
+        new = self.fisher(ctx.task, ctx)
         with torch.no_grad():
             for p, f, a, f_t in zip(self.penalised, *self.state(), new):
                 if self.hp.online:

@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass
 
 from bench.errors import BenchError
-from bench.method import Method
+from bench.method import Method, require
 from bench.registry import METHODS
 
 
@@ -20,6 +20,10 @@ from bench.registry import METHODS
 class FreezeBottomKHParams:
     k: typing.Optional[int] = None  # frozen blocks; None: ⌊fraction · #blocks⌋
     fraction: float = 0.75          # CLiMB: 9 of ViLT's 12 blocks
+
+    def __post_init__(self):  # the upper bound of k depends on the backbone: checked in `frozen_blocks`
+        require(self.k is None or self.k >= 0, "k", self.k, "None or an integer >= 0")
+        require(0 <= self.fraction <= 1, "fraction", self.fraction, "in [0, 1]")
 
 
 @METHODS.register("freeze_bottom_k")

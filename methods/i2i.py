@@ -29,17 +29,22 @@ from torch import nn
 
 from bench.backbones.base import pooled
 from bench.fusion import fused, fusion_set, fusion_set_params, value_regulariser
-from bench.method import Stage
+from bench.method import Stage, require
 from bench.registry import METHODS
-from methods.adapter import Adapter
+from methods.adapter import Adapter, AdapterHParams
 
 
 @dataclass
-class I2IHParams:
-    reduction: int = 16
+class I2IHParams(AdapterHParams):
     value_reg: float = 0.01      # lambda of the fusion's W_V regulariser
     fusion_lr: float = 5e-5      # AdapterFusion's learning rate (Pfeiffer et al. 2021)
     improvise_data: float = 1.0  # fraction of the task's training data (and steps) for stages 1-2
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.value_reg >= 0, "value_reg", self.value_reg, ">= 0")
+        require(self.fusion_lr > 0, "fusion_lr", self.fusion_lr, "> 0")
+        require(0 < self.improvise_data <= 1, "improvise_data", self.improvise_data, "in (0, 1]")
 
 
 @dataclass
@@ -63,31 +68,32 @@ class I2I(Adapter):
         f = self.hp.improvise_data
         return [Stage("improvise", steps=f, data=f), Stage("initialize", steps=f, data=f), Stage("train")]
 
-    def begin_stage(self, t, stage):
-        if stage.name == "improvise":
+    def begin_stage(self, ctx):
+        t = ctx.task
+        if ctx.stage.name == "improvise":
             device = self.heads[t][0].weight.device
             self.improvised = fusion_set(len(self.injector), self.injector.widths).to(device)
             self.adapters[:t].requires_grad_(False)  # fixed sources: no weight gradients for them
-        elif stage.name == "train":
+        elif ctx.stage.name == "train":
             self.improvised = None
 
     def teacher(self, t: int):
         """The improvised model's injection fn: the fusion over adapters 0..t-1."""
         return fused(self.improvised, self.adapters[:t])
 
-    def trainable_parameters(self, t):
-        if self.stage.name == "improvise":
-            return [{"params": list(self.heads[t].parameters()), "lr": self.head_lr},
+    def trainable_parameters(self, t, ctx):
+        if ctx.stage.name == "improvise":
+            return [{"params": list(self.heads[t].parameters()), "lr": ctx.head_lr},
                     {"params": list(self.improvised.parameters()), "lr": self.hp.fusion_lr}]
-        if self.stage.name == "initialize":
-            return [{"params": list(self.adapters[t].parameters()), "lr": self.lr}]
-        return super().trainable_parameters(t)
+        if ctx.stage.name == "initialize":
+            return [{"params": list(self.adapters[t].parameters()), "lr": ctx.lr}]
+        return super().trainable_parameters(t, ctx)
 
-    def activate(self, t):
-        if self.stage.name == "improvise":
+    def activate(self, t, ctx):
+        if ctx is not None and ctx.stage.name == "improvise":
             self.injector.fn = self.teacher(t)
         else:
-            super().activate(t)
+            super().activate(t, ctx)
 
     def distillation_loss(self, batch, t: int):
         teacher, student, losses = self.teacher(t), self.adapters[t], []
@@ -99,15 +105,18 @@ class I2I(Adapter):
             losses.append(nn.functional.mse_loss(out, target))
             return out
 
-        self.injector.fn = fn
-        pooled(self.backbone, batch)
+        active, self.injector.fn = self.injector.fn, fn
+        try:
+            pooled(self.backbone, batch)
+        finally:
+            self.injector.fn = active  # the active task's injection, as `activate` chose it
         return torch.stack(losses).sum()
 
-    def loss(self, batch, t):
-        if self.stage.name == "initialize":
+    def loss(self, batch, t, ctx):
+        if ctx.stage.name == "initialize":
             return self.distillation_loss(batch, t)
-        loss = super().loss(batch, t)
-        if self.stage.name == "improvise":
+        loss = super().loss(batch, t, ctx)
+        if ctx.stage.name == "improvise":
             loss = loss + self.hp.value_reg * value_regulariser(self.improvised)
         return loss
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.backbones.base import pooled
-from bench.method import Method, logits, task_loss
+from bench.method import Method, logits, require, task_loss
 from bench.registry import METHODS
 
 
@@ -25,6 +25,10 @@ from bench.registry import METHODS
 class LwFHParams:
     temperature: float = 2.0  # T
     lam: float = 1.0          # λ_o, weight of each old task's distillation loss
+
+    def __post_init__(self):
+        require(self.temperature > 0, "temperature", self.temperature, "> 0")
+        require(self.lam >= 0, "lam", self.lam, ">= 0")
 
 
 def distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -40,10 +44,9 @@ class LwF(Method):
     trains_as = "finetune"  # the first task is `finetune`'s: no teacher before the second task
     HParams = LwFHParams
 
-    def begin_task(self, t):
-        super().begin_task(t)
+    def begin_task(self, ctx):
         self.teacher = None
-        if t > 0:
+        if ctx.task > 0:
             self.teacher = copy.deepcopy(self.net).eval().requires_grad_(False)
 
     def distilled(self, t: int) -> list[int]:
@@ -57,7 +60,7 @@ class LwF(Method):
             features = pooled(self.teacher["backbone"], batch)
             return [logits(self.teacher["heads"][k], features) for k in self.distilled(t)]
 
-    def loss(self, batch, t):
+    def loss(self, batch, t, ctx):
         features = pooled(self.backbone, batch)
         loss = task_loss(logits(self.heads[t], features), batch["label"], self.tasks[t])
         if t > 0:
@@ -66,9 +69,9 @@ class LwF(Method):
                                             for k, z in zip(self.distilled(t), targets))
         return loss
 
-    def end_task(self, t):
+    def end_task(self, ctx):
         self.teacher = None
 
-    def trainable_parameters(self, t):
+    def trainable_parameters(self, t, ctx):
         earlier_heads = [p for k in range(t) for p in self.heads[k].parameters()]
-        return super().trainable_parameters(t) + [{"params": earlier_heads, "lr": self.head_lr}]
+        return super().trainable_parameters(t, ctx) + [{"params": earlier_heads, "lr": ctx.head_lr}]

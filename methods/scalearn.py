@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.method import Stage
+from bench.method import Stage, require
 from bench.registry import METHODS
 from methods.adapter import Adapter, AdapterHParams
 
@@ -40,6 +40,12 @@ class ScaLearnHParams(AdapterHParams):
     omega_dropout: float = 0.3
     omega_lr: float = 6e-3
     scaling_steps: float = 1.0    # stage-2 budget, as a multiple of the task's steps
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(0 <= self.omega_dropout < 1, "omega_dropout", self.omega_dropout, "in [0, 1)")
+        require(self.omega_lr > 0, "omega_lr", self.omega_lr, "> 0")
+        require(self.scaling_steps > 0, "scaling_steps", self.scaling_steps, "> 0")
 
 
 @dataclass
@@ -76,27 +82,23 @@ class ScaLearn(Adapter):
         self.scalings = nn.ModuleList(Scaling(sites, t + 1, width, self.hp.omega_init, self.hp.omega_dropout)
                                       for t in range(len(self.tasks)))
         self.net["scalings"] = self.scalings
-        self.training_task = None
-
-    def begin_task(self, t):
-        self.training_task = t
 
     def stages(self, t):
         return [self.alone("adapter"), Stage("scaling", steps=self.hp.scaling_steps)]
 
-    def begin_stage(self, t, stage):
-        self.adapters.requires_grad_(stage.name == "adapter")  # scaling: the sources are frozen
+    def begin_stage(self, ctx):
+        self.adapters.requires_grad_(ctx.stage.name == "adapter")  # scaling: the sources are frozen
 
-    def activate(self, t):
-        if self.stage.name == "adapter" and t == self.training_task:
-            return super().activate(t)
+    def activate(self, t, ctx):
+        if ctx is not None and ctx.stage.name == "adapter" and t == ctx.task:
+            return super().activate(t, ctx)
         sources, scaling = self.adapters[: t + 1], self.scalings[t]
         self.injector.fn = lambda i, h: scaling(i, h, [a[i](h) for a in sources])
 
-    def trainable_parameters(self, t):
-        if self.stage.name == "adapter":
-            return super().trainable_parameters(t)
-        return [{"params": list(self.heads[t].parameters()), "lr": self.head_lr},
+    def trainable_parameters(self, t, ctx):
+        if ctx.stage.name == "adapter":
+            return super().trainable_parameters(t, ctx)
+        return [{"params": list(self.heads[t].parameters()), "lr": ctx.head_lr},
                 {"params": list(self.scalings[t].parameters()), "lr": self.hp.omega_lr}]
 
     def task_modules(self, t):

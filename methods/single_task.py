@@ -14,7 +14,7 @@ class SingleTask(Method):
     def setup(self):
         self._pretrained = copy.deepcopy(self.backbone.state_dict())
 
-    def begin_task(self, t):
+    def begin_task(self, ctx):
         self.backbone.load_state_dict(self._pretrained)
 
     def param_report(self):

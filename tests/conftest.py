@@ -67,3 +67,58 @@ def run(tmp_path, cache_dir):
     def _run(method, **kw):
         return run_method(method, kw.pop("out", tmp_path / "results"), cache_dir, **kw)
     return _run
+
+
+def task_context(method, t: int, train_data=(), stage=None, seed: int = 0):
+    """The TaskContext the runner gives `method` for task t (bench/runner.py train_group)."""
+    from bench.context import TaskContext
+    return TaskContext(task=t, tasks=(t,), train_data=train_data, seed=seed, lr=type(method).lr,
+                       head_lr=type(method).head_lr, precision="fp32", stage=stage)
+
+
+def training(method, t: int, stage: str = "train", train_data=()):
+    """`task_context` in stage `stage`, after `begin_stage` and `activate` ran with it, as in the runner."""
+    from bench.method import Stage
+    ctx = task_context(method, t, train_data, Stage(stage))
+    method.begin_stage(ctx)
+    method.activate(t, ctx)
+    return ctx
+
+
+def plugin(monkeypatch, name: str, cls):
+    """Register method `cls` as `name` for one test, as a plugin would (nothing is written into methods/)."""
+    METHODS.names()  # load the registry before adding to it
+    monkeypatch.setitem(METHODS._items, name, cls)
+    monkeypatch.setattr(cls, "registry_name", name, raising=False)
+    return cls
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: not an Exception, so nothing catches it."""
+
+
+def kill_before_task(run, out, method, k, monkeypatch, **kw):
+    """Run `method` and 'kill' it as task k starts, after tasks 0..k-1 were trained and
+    checkpointed; returns its run directory."""
+    import bench.runner
+    real = bench.runner.train_group
+
+    def train_group(m, group, *args, **kwargs):
+        if group[-1] == k:
+            raise Killed
+        return real(m, group, *args, **kwargs)
+    with monkeypatch.context() as patch:
+        patch.setattr(bench.runner, "train_group", train_group)
+        with pytest.raises(Killed):
+            run(method, out=out, **kw)
+    return next((out / "runs").iterdir())
+
+
+def final_weights(out, metrics) -> dict:
+    """The tensors a finished run changed from the model as built (its last checkpoint)."""
+    from bench.store import load_tensors
+    return load_tensors(out / "runs" / metrics["run_id"] / "checkpoint.pt")["method"]
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

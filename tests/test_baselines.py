@@ -8,10 +8,12 @@ import torch
 
 from bench.data import load_split
 from bench.errors import BenchError
-from bench.method import Method
+from bench.context import TaskContext
+from bench.method import Method, Stage
 from bench.registry import BACKBONES, METHODS, TASKS
 from bench.runner import task_seed
 from bench.store import load_tensors
+from conftest import final_weights, kill_before_task, same_tensors, task_context
 
 TASK_NAMES = ("vqa_color", "text_mention", "vqa_shape")
 
@@ -30,27 +32,34 @@ def build(name: str, toy_data, **hp):
     torch.manual_seed(task_seed(0, -1))
     method = cls(BACKBONES.get("toy")(), tasks, cls.HParams(**hp))
     method.setup()
-    method.train_data = train
     return method
 
 
-def train_steps(method, t: int, steps: int = 3, lr: float = 1e-2):
-    """A few plain SGD steps on task t through the method's own loss and parameters."""
-    params = [p for g in method.trainable_parameters(t) for p in g["params"]]
+def begin(method, t: int, toy_data) -> TaskContext:
+    """Seed torch and begin task t as the runner does; returns the task's context."""
+    ctx = task_context(method, t, toy_data[1], seed=task_seed(0, t))
+    torch.manual_seed(ctx.seed)
+    method.begin_task(ctx)
+    return ctx
+
+
+def train_steps(method, ctx, steps: int = 3, lr: float = 1e-2):
+    """A few plain SGD steps on task ctx.task through the method's own loss and parameters."""
+    t, ctx = ctx.task, ctx.at(Stage())
+    params = [p for g in method.trainable_parameters(t, ctx) for p in g["params"]]
     opt = torch.optim.SGD(params, lr=lr)
-    batches = method.train_data[t].batches(16, torch.Generator().manual_seed(t))
+    batches = ctx.train_data[t].batches(16, torch.Generator().manual_seed(t))
     for _ in range(steps):
         opt.zero_grad()
-        method.loss(next(batches), t).backward()
+        method.loss(next(batches), t, ctx).backward()
         opt.step()
-        method.after_step(t)
+        method.after_step(ctx)
 
 
-def run_task(method, t: int, steps: int = 3):
-    torch.manual_seed(task_seed(0, t))  # as the runner does before begin_task
-    method.begin_task(t)
-    train_steps(method, t, steps)
-    method.end_task(t)
+def run_task(method, t: int, toy_data, steps: int = 3):
+    ctx = begin(method, t, toy_data)
+    train_steps(method, ctx, steps)
+    method.end_task(ctx)
 
 
 def live_backbone(method) -> torch.Tensor:
@@ -67,7 +76,7 @@ def set_backbone(method, flat: torch.Tensor):
 def test_ewc_fisher_is_nonnegative_nonzero_and_anchored_after_task0(toy_data):
     ewc = build("ewc", toy_data)
     assert all(float(f.abs().sum()) == 0 for f in ewc.state()[0])
-    run_task(ewc, 0)
+    run_task(ewc, 0, toy_data)
     fisher, anchor = ewc.state()
     assert all(bool((f >= 0).all()) for f in fisher)
     assert sum(float(f.sum()) for f in fisher) > 0
@@ -80,7 +89,7 @@ def test_ewc_fisher_is_nonnegative_nonzero_and_anchored_after_task0(toy_data):
 
 def test_ewc_penalty_is_zero_at_anchor_and_grows_with_drift(toy_data):
     ewc = build("ewc", toy_data)
-    run_task(ewc, 0)
+    run_task(ewc, 0, toy_data)
     anchor = live_backbone(ewc)
     direction = torch.randn(anchor.shape, generator=torch.Generator().manual_seed(1))
     values = []
@@ -93,9 +102,10 @@ def test_ewc_penalty_is_zero_at_anchor_and_grows_with_drift(toy_data):
     assert values[3] / values[1] == pytest.approx(100, rel=1e-3)
     # only later tasks pay it (dropout off so both losses see the same forward)
     ewc.net.eval()
-    first, second = (ewc.train_data[t].batch(torch.arange(8)) for t in (0, 1))
-    assert float(ewc.loss(first, 0).detach()) == float(Method.loss(ewc, first, 0).detach())
-    torch.testing.assert_close(ewc.loss(second, 1), Method.loss(ewc, second, 1) + ewc.penalty())
+    first, second = (toy_data[1][t].batch(torch.arange(8)) for t in (0, 1))
+    ctx = task_context(ewc, 1, toy_data[1], stage=Stage())
+    assert float(ewc.loss(first, 0, ctx).detach()) == float(Method.loss(ewc, first, 0, ctx).detach())
+    torch.testing.assert_close(ewc.loss(second, 1, ctx), Method.loss(ewc, second, 1, ctx) + ewc.penalty())
     assert float(ewc.penalty().detach()) > 0
 
 
@@ -103,11 +113,10 @@ def test_ewc_merged_penalty_has_the_gradient_of_the_per_task_sum(toy_data):
     ewc = build("ewc", toy_data)
     per_task = []
     for t in (0, 1):
-        torch.manual_seed(task_seed(0, t))
-        ewc.begin_task(t)
-        train_steps(ewc, t)
-        per_task.append(([f.clone() for f in ewc.fisher(t)], [p.detach().clone() for p in ewc.penalised]))
-        ewc.end_task(t)
+        ctx = begin(ewc, t, toy_data)
+        train_steps(ewc, ctx)
+        per_task.append(([f.clone() for f in ewc.fisher(t, ctx)], [p.detach().clone() for p in ewc.penalised]))
+        ewc.end_task(ctx)
     theta = live_backbone(ewc)
     set_backbone(ewc, theta + 0.05 * torch.randn(theta.shape, generator=torch.Generator().manual_seed(2)))
     merged = torch.autograd.grad(ewc.penalty(), ewc.penalised)
@@ -119,13 +128,12 @@ def test_ewc_merged_penalty_has_the_gradient_of_the_per_task_sum(toy_data):
 
 def test_online_ewc_decays_the_running_fisher_and_anchors_at_the_latest_task(toy_data):
     ewc = build("ewc", toy_data, online=True, gamma=0.5)
-    run_task(ewc, 0)
+    run_task(ewc, 0, toy_data)
     first = [f.clone() for f in ewc.state()[0]]
-    torch.manual_seed(task_seed(0, 1))
-    ewc.begin_task(1)
-    train_steps(ewc, 1)
-    new = ewc.fisher(1)
-    ewc.end_task(1)
+    ctx = begin(ewc, 1, toy_data)
+    train_steps(ewc, ctx)
+    new = ewc.fisher(1, ctx)
+    ewc.end_task(ctx)
     fisher, anchor = ewc.state()
     for f, f0, f1 in zip(fisher, first, new):
         torch.testing.assert_close(f, 0.5 * f0 + f1)
@@ -137,49 +145,50 @@ def test_online_ewc_decays_the_running_fisher_and_anchors_at_the_latest_task(toy
 def test_er_memory_keeps_the_configured_share_of_every_past_task(toy_data):
     er = build("er", toy_data, memory_fraction=0.05, replay_every=1)
     for t in range(3):
-        run_task(er, t, steps=2)
-    memories = [er.memory(k) for k in range(3)]
+        run_task(er, t, toy_data, steps=2)
+    train = toy_data[1]
+    memories = [er.memory(k, train) for k in range(3)]
     for k, mem in enumerate(memories):
-        n = len(er.train_data[k])
+        n = len(train[k])
         assert len(mem) == round(0.05 * n) and len(set(mem.tolist())) == len(mem)
         assert 0 <= int(mem.min()) and int(mem.max()) < n
     assert memories[0].tolist() != memories[2].tolist()[: len(memories[0])]  # each task draws its own
     # the memory is a function of checkpointed state: a fresh method loading the state has the same
     fresh = build("er", toy_data, memory_fraction=0.05, replay_every=1)
     with pytest.raises(BenchError):
-        fresh.memory(0)
+        fresh.memory(0, train)
     fresh.load_state_dict(er.state_dict())
-    assert all(torch.equal(fresh.memory(k), memories[k]) for k in range(3))
+    assert all(torch.equal(fresh.memory(k, train), memories[k]) for k in range(3))
 
 
 def test_er_replays_old_task_memory_every_k_steps(toy_data):
     er = build("er", toy_data, memory_fraction=0.1, replay_every=3)
     for t in range(2):
-        run_task(er, t, steps=2)
-    torch.manual_seed(task_seed(0, 2))
-    er.begin_task(2)
+        run_task(er, t, toy_data, steps=2)
+    train = toy_data[1]
+    ctx = begin(er, 2, toy_data).at(Stage())
     drawn = []  # (task, indices) of every batch taken from an earlier task's training split
-    for k, split in enumerate(er.train_data[:2]):
+    for k, split in enumerate(train[:2]):
         split.batch = (lambda k, original: lambda idx: drawn.append((k, idx.clone())) or original(idx))(k, split.batch)
     calls = []
     forward = er.forward
     er.forward = lambda batch, t: calls.append(t) or forward(batch, t)
     try:
-        batches = er.train_data[2].batches(16, torch.Generator().manual_seed(0))
+        batches = train[2].batches(16, torch.Generator().manual_seed(0))
         for step in range(9):
             before = len(calls)
-            er.loss(next(batches), 2).backward()
-            er.after_step(2)
+            er.loss(next(batches), 2, ctx).backward()
+            er.after_step(ctx)
             replayed = calls[before + 1:]
             assert len(replayed) == (1 if (step + 1) % 3 == 0 else 0), (step, calls)
             assert all(k < 2 for k in replayed)
     finally:
-        for split in er.train_data[:2]:
+        for split in train[:2]:
             del split.batch
     assert len(drawn) == 3
     for k, idx in drawn:
-        assert set(idx.tolist()) <= set(er.memory(k).tolist())
-        assert len(idx) == min(16, len(er.memory(k)))
+        assert set(idx.tolist()) <= set(er.memory(k, train).tolist())
+        assert len(idx) == min(16, len(er.memory(k, train)))
     # replay trains the replayed task's head
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0
                for k, _ in drawn for p in er.heads[k].parameters())
@@ -189,23 +198,22 @@ def test_er_replays_old_task_memory_every_k_steps(toy_data):
 
 def test_lwf_targets_come_from_the_model_frozen_at_the_end_of_the_previous_task(toy_data):
     lwf = build("lwf", toy_data)
-    run_task(lwf, 0)
+    run_task(lwf, 0, toy_data)
     snapshot = copy.deepcopy(lwf.net).eval()
-    torch.manual_seed(task_seed(0, 1))
-    lwf.begin_task(1)
-    batch = lwf.train_data[1].batch(torch.arange(16))
+    ctx = begin(lwf, 1, toy_data)
+    batch = toy_data[1][1].batch(torch.arange(16))
     targets = lwf.distillation_targets(batch, 1)
     assert len(targets) == 1
     with torch.no_grad():
         expected = snapshot["heads"][0](snapshot["backbone"](batch))
     torch.testing.assert_close(targets[0], expected)
-    train_steps(lwf, 1, steps=3, lr=0.1)  # the live model moves ...
+    train_steps(lwf, ctx, steps=3, lr=0.1)  # the live model moves ...
     with torch.no_grad():
         lwf.net.eval()
         live = lwf.heads[0](lwf.backbone(batch))
     assert not torch.allclose(live, expected, atol=1e-4)
     torch.testing.assert_close(lwf.distillation_targets(batch, 1)[0], expected)  # ... the targets do not
-    lwf.end_task(1)
+    lwf.end_task(ctx)
     assert lwf.teacher is None and set(lwf.state_dict()) == set(snapshot.state_dict())
 
 
@@ -253,33 +261,17 @@ def test_freeze_bottom_k_default_follows_climbs_three_quarters():
 
 # -- resume --------------------------------------------------------------------------------------
 
-class Killed(BaseException):
-    """Stands in for SIGKILL: not an Exception, so nothing catches it."""
-
-
 @pytest.mark.parametrize("method,sets", [("ewc", []), ("er", ["er.replay_every=1", "er.memory_fraction=0.05"])])
 def test_resume_after_kill_matches_uninterrupted(run, tmp_path, monkeypatch, method, sets):
-    """Killed right after the second task's checkpoint: the Fisher/anchor (EWC) and memory seeds (ER)
-    of tasks 0-1 must come back from the checkpoint for tasks 2-3 to match."""
+    """Killed as the third task starts: the Fisher/anchor (EWC) and memory seeds (ER) of tasks 0-1
+    must come back from the checkpoint for tasks 2-3 to match."""
     full = run(method, out=tmp_path / "full", sets=sets)
-    import bench.runner
-    write_json = bench.runner.write_json
-
-    def killing_write_json(path, obj):
-        write_json(path, obj)
-        if path.name == "progress.json" and len(obj["rows"]) == 2:
-            raise Killed
-    monkeypatch.setattr(bench.runner, "write_json", killing_write_json)
-    with pytest.raises(Killed):
-        run(method, out=tmp_path / "killed", sets=sets)
-    monkeypatch.setattr(bench.runner, "write_json", write_json)
+    kill_before_task(run, tmp_path / "killed", method, 2, monkeypatch, sets=sets)
     cls, begun = METHODS.get(method), []
     begin_task = cls.begin_task
-    monkeypatch.setattr(cls, "begin_task", lambda self, t: begun.append(t) or begin_task(self, t))
+    monkeypatch.setattr(cls, "begin_task", lambda self, ctx: begun.append(ctx.task) or begin_task(self, ctx))
     resumed = run(method, out=tmp_path / "killed", sets=sets)
     assert begun == [2, 3]  # resumed from the checkpoint, not started over
     assert resumed["matrix"] == full["matrix"]
     # toy scores sit near chance, so compare the trained weights themselves
-    final = [load_tensors(next((tmp_path / d / "runs").iterdir()) / "checkpoint.pt")["method"] for d in ("full", "killed")]
-    assert final[0].keys() == final[1].keys()
-    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+    assert same_tensors(final_weights(tmp_path / "killed", resumed), final_weights(tmp_path / "full", full))

@@ -6,11 +6,11 @@ from torch import nn
 
 import bench.runner
 from bench.fusion import Fusion, fusion_set, fusion_set_params
-from bench.method import Stage, n_params
+from bench.method import n_params
 from bench.registry import METHODS
 from bench.store import load_tensors
 from bench.task import Task
-from conftest import ToyBackbone, run_method
+from conftest import ToyBackbone, run_method, training
 
 TEXTS = ["is there a red circle?", "what shape is blue?", "a green triangle", "the yellow square is big"]
 
@@ -63,9 +63,9 @@ def test_fused_output_equals_the_dominant_adapters_output():
     m = build("adapter_fusion")
     randomise_adapters(m)
     x = batch(m)
-    m.begin_stage(1, Stage("adapter"))
+    training(m, 1, "adapter")
     alone = m.forward(x, 1)
-    m.begin_stage(1, Stage("fusion"))
+    training(m, 1, "fusion")
     assert not torch.allclose(m.forward(x, 1), alone, atol=1e-3)  # an unforced fusion mixes adapters
     with torch.no_grad():
         for f in m.fusions["1"]:
@@ -78,24 +78,24 @@ def test_fused_output_equals_the_dominant_adapters_output():
                 b.up.weight[0].zero_()
         for b0, b1 in zip(m.adapters[0], m.adapters[1]):
             b0.up.bias[0], b1.up.bias[0] = -1.0, 1.0
-        m.begin_stage(1, Stage("adapter"))
+        training(m, 1, "adapter")
         alone = m.forward(x, 1)
-        m.begin_stage(1, Stage("fusion"))
+        training(m, 1, "fusion")
         assert torch.allclose(m.forward(x, 1), alone, atol=1e-5)
 
 
 def test_fusion_loss_adds_the_value_regulariser():
     m = build("adapter_fusion")
     x = {**batch(m), "label": torch.tensor([0, 1, 2, 0])}
-    m.begin_stage(1, Stage("fusion"))
+    ctx = training(m, 1, "fusion")
     plain = nn.functional.cross_entropy(m.forward(x, 1), x["label"])
-    assert m.loss(x, 1).item() == pytest.approx(plain.item())  # W_V = I: no penalty yet
+    assert m.loss(x, 1, ctx).item() == pytest.approx(plain.item())  # W_V = I: no penalty yet
     with torch.no_grad():
         m.fusions["1"][0].value.weight.add_(0.1)
     plain = nn.functional.cross_entropy(m.forward(x, 1), x["label"])
     penalty = m.hp.value_reg * m.fusions["1"][0].value_penalty()
     assert penalty.item() > 0
-    assert m.loss(x, 1).item() == pytest.approx((plain + penalty).item(), rel=1e-5)
+    assert m.loss(x, 1, ctx).item() == pytest.approx((plain + penalty).item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("method", ["adapter", "pfeiffer", "adapter_fusion", "i2i"])
@@ -106,6 +106,7 @@ def test_inference_params_are_the_modules_a_forward_pass_uses(method):
         for p in m.net.parameters():
             p.requires_grad_(True)
             p.grad = None
+        m.activate(t, None)
         m.forward(batch(m), t).sum().backward()
         used = {id(p) for name, mod in m.net.items() if name != "backbone" for p in mod.parameters() if p.grad is not None}
         listed = {id(p) for mod in m.task_modules(t) for p in mod.parameters()}
@@ -135,14 +136,14 @@ def i2i_runs(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("i2i")
     real_fit, seen = bench.runner.fit, {"kd": [], "keys": []}
 
-    def spy(method, train, val, **kw):
+    def spy(method, ctx, train, val, **kw):
         t = next(iter(train))
-        seen["keys"].append((t, method.stage.name, set(method.state_dict())))
-        if method.stage.name != "initialize":
-            return real_fit(method, train, val, **kw)
+        seen["keys"].append((t, ctx.stage.name, set(method.state_dict())))
+        if ctx.stage.name != "initialize":
+            return real_fit(method, ctx, train, val, **kw)
         x = next(train[t].batches(64))
         before = kd_loss(method, x, t)
-        stats = real_fit(method, train, val, **kw)
+        stats = real_fit(method, ctx, train, val, **kw)
         seen["kd"].append((t, before, kd_loss(method, x, t)))
         return stats
 

@@ -48,3 +48,11 @@ def test_missing_entries_give_none_not_wrong_numbers():
     assert metrics.bwt(last_only) is None and metrics.forgetting(last_only) is None
     assert metrics.avg_incremental(last_only) is None
     assert metrics.transfer(last_only, None, [0, 0]) == [None, None]
+
+
+def test_climb_forgetting_mean_averages_every_earlier_task():
+    A2 = [[80.0, None, None], [60.0, 90.0, None], [50.0, 60.0, 40.0]]
+    # task 0: 100*(80-50)/(80-20) = 50 ; task 1: 100*(90-60)/(90-50) = 75 ; the last task cannot forget
+    s = metrics.summary(A2, CHANCE)
+    assert s["climb_forgetting"] == pytest.approx([50.0, 75.0])
+    assert s["climb_forgetting_mean"] == pytest.approx(62.5)

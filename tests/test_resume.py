@@ -1,38 +1,24 @@
-"""A run killed after task k and resumed produces the same numbers as an uninterrupted run."""
+"""A run killed after task k and resumed produces the same weights and numbers as an uninterrupted run."""
 import pytest
 
 from bench.method import Method
-
-
-class Killed(BaseException):
-    """Stands in for SIGKILL: not an Exception, so nothing catches it."""
+from conftest import final_weights, kill_before_task, same_tensors
 
 
 @pytest.mark.parametrize("method,kill_at", [("finetune", 2), ("adapter", 1)])
 def test_resume_after_kill_matches_uninterrupted(run, tmp_path, monkeypatch, method, kill_at):
-    full = run(method, out=tmp_path / "full")
-
-    original = Method.begin_task
-    real_begin = {}
-
-    def begin_task(self, t):
-        if t == kill_at and not real_begin.get("done"):
-            raise Killed
-        return original(self, t)
-
-    monkeypatch.setattr(Method, "begin_task", begin_task)
-    with pytest.raises(Killed):
-        run(method, out=tmp_path / "killed")
-    run_dir = next((tmp_path / "killed" / "runs").iterdir())
+    # every stage trained, none loaded from the shared stage store: the resumed tasks recompute
+    # what the uninterrupted run did, from the same per-task seeds
+    full = run(method, out=tmp_path / "full", reuse_stages=False)
+    run_dir = kill_before_task(run, tmp_path / "killed", method, kill_at, monkeypatch, reuse_stages=False)
     assert not (run_dir / "DONE").exists() and (run_dir / "checkpoint.pt").exists()
-    real_begin["done"] = True
-    resumed = run(method, out=tmp_path / "killed")
-    assert resumed["matrix"] == full["matrix"]
-    assert resumed["summary"] == full["summary"]
+    resumed = run(method, out=tmp_path / "killed", reuse_stages=False)
+    assert resumed["matrix"] == full["matrix"] and resumed["summary"] == full["summary"]
+    assert same_tensors(final_weights(tmp_path / "killed", resumed), final_weights(tmp_path / "full", full))
     assert (run_dir / "DONE").exists()
 
 
 def test_finished_run_is_skipped(run, tmp_path, monkeypatch):
     first = run("frozen", out=tmp_path / "r")
-    monkeypatch.setattr(Method, "begin_task", lambda self, t: (_ for _ in ()).throw(AssertionError("retrained")))
+    monkeypatch.setattr(Method, "begin_task", lambda self, ctx: (_ for _ in ()).throw(AssertionError("retrained")))
     assert run("frozen", out=tmp_path / "r") == first

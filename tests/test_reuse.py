@@ -15,12 +15,6 @@ def stages(metrics, name):
 SHARING = {m: METHODS.get(m).trains_as for m in METHODS.names() if METHODS.get(m).trains_as not in (None, m)}
 
 
-def test_who_shares_what():
-    assert SHARING == {**dict.fromkeys(["adapter_fusion", "i2i", "i2i_light", "scalearn", "scalearn_pp", "scalearn_uniform",
-                                        "scalearn_uniform_pp"], "adapter"),
-                       **dict.fromkeys(["ewc", "er", "lwf", "single_task"], "finetune")}
-
-
 @pytest.mark.parametrize("method", sorted(SHARING))
 def test_a_method_reusing_a_shared_stage_gets_the_numbers_it_would_compute(method, tmp_path):
     source = SHARING[method]

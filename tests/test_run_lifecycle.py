@@ -13,25 +13,7 @@ from bench.method import Method
 from bench.registry import METHODS
 from bench.runner import execute_run
 from bench.store import finished_runs, load_tensors, read_done, write_json
-
-
-class Killed(BaseException):
-    """Stands in for SIGKILL: not an Exception, so nothing catches it."""
-
-
-def killed_after_task(run, out, method, k, monkeypatch):
-    """Run `method` until task k starts, then 'kill' it: its directory holds a checkpoint of tasks 0..k-1."""
-    original = Method.begin_task
-
-    def begin_task(self, t):
-        if t == k:
-            raise Killed
-        return original(self, t)
-    with monkeypatch.context() as m:
-        m.setattr(Method, "begin_task", begin_task)
-        with pytest.raises(Killed):
-            run(method, out=out)
-    return next((out / "runs").iterdir())
+from conftest import kill_before_task
 
 
 def test_done_without_readable_metrics_is_redone_not_read(run, tmp_path):
@@ -52,7 +34,7 @@ def test_done_of_another_run_is_not_trusted(run, tmp_path):
 
 def test_truncated_checkpoint_starts_over_with_the_same_numbers(run, tmp_path, monkeypatch, cache_dir):
     full = run("finetune", out=tmp_path / "full")
-    run_dir = killed_after_task(run, tmp_path / "killed", "finetune", 2, monkeypatch)
+    run_dir = kill_before_task(run, tmp_path / "killed", "finetune", 2, monkeypatch)
     ckpt = run_dir / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     logs = []
@@ -66,7 +48,7 @@ def test_progress_json_ahead_of_the_checkpoint_is_ignored(run, tmp_path, monkeyp
     """progress.json is a copy for people: a newer one (killed between the two writes, or edited)
     never makes the runner skip a task whose weights are not in the checkpoint."""
     full = run("finetune", out=tmp_path / "full")
-    run_dir = killed_after_task(run, tmp_path / "killed", "finetune", 2, monkeypatch)
+    run_dir = kill_before_task(run, tmp_path / "killed", "finetune", 2, monkeypatch)
     progress = json.loads((run_dir / "progress.json").read_text())
     progress["rows"].append([50.0] * 4)
     write_json(run_dir / "progress.json", progress)
@@ -78,8 +60,8 @@ def test_progress_json_ahead_of_the_checkpoint_is_ignored(run, tmp_path, monkeyp
 def test_non_finite_loss_fails_that_run_alone_and_the_report_lists_it(tmp_path, monkeypatch, capsys):
     real_loss = Method.loss
 
-    def loss(self, batch, t):
-        value = real_loss(self, batch, t)
+    def loss(self, batch, t, ctx):
+        value = real_loss(self, batch, t, ctx)
         return value * float("nan") if self.registry_name == "finetune" else value
     monkeypatch.setattr(Method, "loss", loss)
     out = tmp_path / "r"
@@ -124,14 +106,14 @@ def test_a_checkpoint_holds_what_changed_and_is_never_applied_to_another_build(r
     full = run("adapter", out=tmp_path / "full")
     written = load_tensors(tmp_path / "full" / "runs" / full["run_id"] / "checkpoint.pt")["method"]
     assert {k.split(".")[0] + k.split(".")[1] for k in written} == {f"{m}{t}" for m in ("adapters", "heads") for t in range(4)}
-    run_dir = killed_after_task(run, tmp_path / "killed", "adapter", 2, monkeypatch)
+    run_dir = kill_before_task(run, tmp_path / "killed", "adapter", 2, monkeypatch)
     ckpt = run_dir / "checkpoint.pt"
     state = load_tensors(ckpt)
     assert not [k for k in state["method"] if k.startswith("backbone.")]  # frozen: never written
     assert any(k.startswith("adapters.0.") for k in state["method"]) and any(k.startswith("heads.1.") for k in state["method"])
     assert not any(k.startswith("adapters.3.") for k in state["method"])  # not trained yet
     # killed again after a resume: what the resume loaded (adapters 0-1) is in the next checkpoint too
-    killed_after_task(run, tmp_path / "killed", "adapter", 3, monkeypatch)
+    kill_before_task(run, tmp_path / "killed", "adapter", 3, monkeypatch)
     after_resume = load_tensors(ckpt)
     assert state["method"].keys() <= after_resume["method"].keys()
     assert any(k.startswith("adapters.2.") for k in after_resume["method"])

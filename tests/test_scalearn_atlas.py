@@ -8,12 +8,12 @@ import torch
 from bench.adapters import adapter_set
 from bench.config import resolve
 from bench.data import load_split
-from bench.method import Stage, n_params, task_loss
+from bench.method import n_params, task_loss
 from bench.registry import METHODS, TASKS
 from bench.runner import execute
 from bench.store import load_tensors, runs_dir
 from methods.atlas import adapter_weight, orthogonality
-from conftest import ToyBackbone
+from conftest import ToyBackbone, training
 
 SEQUENCE = ["vqa_color", "text_mention", "digits", "vqa_shape"]  # the default: vl, text-only, image-only, vl
 D, REDUCTION = 32, 16  # toy width, adapter reduction
@@ -104,8 +104,7 @@ def test_scalearn_init_and_linear_unnormalised_scaling(method):
     randomise_adapters(m)
     m.net.eval()
     t, h = 3, torch.randn(2, 5, D)
-    m.stage = Stage("scaling")
-    m.activate(t)
+    training(m, t, "scaling")
     outs = [m.adapters[n][1](h) for n in range(t + 1)]
     base = m.injector.fn(1, h)
     # no softmax: the init sums to ~2 over the sources, and the output is linear in w
@@ -123,13 +122,10 @@ def test_scalearn_init_and_linear_unnormalised_scaling(method):
 def test_scalearn_stage1_is_the_plain_adapter():
     m = build("scalearn")
     randomise_adapters(m)
-    m.begin_task(2)
-    m.stage = Stage("adapter")
-    m.begin_stage(2, m.stage)
-    m.activate(2)
+    ctx = training(m, 2, "adapter")
     h = torch.randn(2, 5, D)
     assert torch.equal(m.injector.fn(0, h), h + m.adapters[2][0](h))
-    assert {id(p) for g in m.trainable_parameters(2) for p in g["params"]} == \
+    assert {id(p) for g in m.trainable_parameters(2, ctx) for p in g["params"]} == \
         {id(p) for p in [*m.heads[2].parameters(), *m.adapters[2].parameters()]}
 
 
@@ -144,7 +140,6 @@ def test_atlas_weights_lie_in_unit_interval():
     assert torch.allclose(adapter_weight(q, -q, silent), torch.zeros(3), atol=1e-6)
     m = build("atlas")
     randomise_adapters(m)
-    m.begin_task(3)
     h = torch.randn(4, 7, D)
     with torch.no_grad():
         ws = m.weights(3, 2, [m.adapters[n][2](h) for n in range(4)])
@@ -179,11 +174,10 @@ def test_atlas_orthogonality_penalty(cache_dir):
     split = load_split(m.backbone, m.tasks[1], "train", cache_dir, limit=16, seed=0, val_size=8)
     batch = next(split.batches(8))
     m.net.eval()
-    m.begin_task(1)
     for stage, weight in (("experience", 0.0), ("expansion", 0.1)):
-        m.stage = Stage(stage)
+        ctx = training(m, 1, stage)
         plain = task_loss(m.forward(batch, 1), batch["label"], m.tasks[1])
-        assert m.loss(batch, 1).item() == pytest.approx(plain.item() + weight * 0.5, rel=1e-4)
+        assert m.loss(batch, 1, ctx).item() == pytest.approx(plain.item() + weight * 0.5, rel=1e-4)
 
 
 def test_atlas_two_stages_mixed_sequence_and_frozen_past(tmp_path, cache_dir, adapter_run):

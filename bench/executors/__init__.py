@@ -40,7 +40,8 @@ def run_one(cfg, opts, wait: bool = True) -> Outcome:
     try:
         status, _ = execute_run(cfg, opts.out, device=opts.device, threads=opts.threads,
                                 cache_dir=opts.cache_dir, wait=wait, cache_prefix=opts.cache_prefix,
-                                reuse_stages=opts.reuse_stages, reuse_scores=opts.reuse_scores, compile=opts.compile)
+                                reuse_stages=opts.reuse_stages, reuse_scores=opts.reuse_scores, compile=opts.compile,
+                                rerun=opts.rerun)
         failed.unlink(missing_ok=True)
         return Outcome(cfg.run_id, status)
     except RunBusy:
