@@ -36,8 +36,7 @@ def open_image(path) -> "Image.Image":
     """The decoded image at `path`, EXIF orientation applied."""
     from PIL import Image, ImageOps
     try:
-        with Image.open(path) as im:
-            im.load()  # decode now: a truncated file fails here, not half-way into a batch
+        with Image.open(path) as im:  # a decoded copy: a truncated file fails here, not half-way into a batch
             return ImageOps.exif_transpose(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         # OSError: unreadable, truncated, not an image (UnidentifiedImageError); the others: corrupt headers
