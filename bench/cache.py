@@ -5,18 +5,23 @@ Location: `--set cache_dir=DIR`, else $MMCL_CACHE, else $XDG_CACHE_HOME/mmcl-ben
 it cannot be read, so a killed writer or a damaged file never yields wrong features.
 
     images/<encoding>/<shard>.pt   what the frozen image encoder makes of each image (this file)
-    splits/<encoding>/<task>/...   encoded splits: token ids + the split's image features (bench/data.py)
+    splits/<encoding>/<task>/...   encoded splits, memory-mapped arrays: token ids, labels and the
+                                   split's image features (bench/data.py)
     prefix/<encoding>/<task>/...   outputs of a frozen backbone prefix per example (bench/prefix.py)
 
 Image features are stored per image, keyed by the backbone's encoding (`Backbone.cache_key`:
 model + preprocessing) and the image's stable id, so every task, split, cap and seed over the same
-images (the easy-VQA tasks share 5,000 images) encodes each image once, ever.
+images (the easy-VQA tasks share 5,000 images) encodes each image once, ever. Shards are
+append-only: each encoded chunk of images becomes one new file, written whole, so a killed encode
+keeps every finished chunk and resumes after it, nothing is ever rewritten, and a read maps a shard
+(memory-mapped) instead of loading it.
 """
 import fcntl
 import hashlib
 import inspect
 import os
 import re
+import time
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -24,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.store import load_tensors, save_tensors
+from bench.store import save_tensors
 
-N_SHARDS = 256  # images spread over shard files by id hash: few files, small rewrites
+IMAGE_CHUNK = 256  # images encoded and written to one shard at a time (ViLT: 380 MB of pixels)
 
 
 def default_cache_dir() -> Path:
@@ -90,57 +95,51 @@ def file_lock(path: Path):
 
 
 class ImageFeatureStore:
-    """Per-image frozen features of one encoding, sharded on disk."""
+    """Per-image frozen features of one encoding, in append-only shard files {"keys", "feats"}."""
 
     def __init__(self, cache_dir: Path, encoding: str):
         self.dir = Path(cache_dir) / "images" / safe_name(encoding)
         self.encoded = 0  # images this store had to encode (the rest came from disk)
+        self._feats: dict[Path, torch.Tensor] = {}  # shard -> its features, memory-mapped
+        self._where: dict[str, tuple[Path, int]] = {}  # image key -> (shard, row)
 
-    def _shard(self, key: str) -> Path:
-        return self.dir / f"{int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % N_SHARDS:03d}.pt"
-
-    @staticmethod
-    def _read(path: Path) -> dict:
-        """{key: features} of one shard; {} when absent or unreadable (its images are recomputed)."""
-        if not path.exists():
-            return {}
-        try:
-            blob = load_tensors(path)
-            if len(blob["keys"]) != len(blob["feats"]):
-                raise ValueError("keys and features differ in length")
-            return dict(zip(blob["keys"], blob["feats"]))
-        except Exception:
-            return {}
+    def _scan(self, remove_unreadable: bool = False) -> None:
+        """Index the shards not seen yet. An unreadable one is skipped (its images are encoded
+        again); under the lock it is removed."""
+        for path in sorted(self.dir.glob("*.pt")) if self.dir.is_dir() else []:
+            if path in self._feats:
+                continue
+            try:
+                blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                keys, feats = blob["keys"], blob["feats"]
+                if len(keys) != len(feats):
+                    raise ValueError("keys and features differ in length")
+            except Exception:
+                if remove_unreadable:
+                    path.unlink(missing_ok=True)
+                continue
+            self._feats[path] = feats
+            for row, key in enumerate(keys):
+                self._where.setdefault(key, (path, row))
 
     def features(self, keys: list[str], images: list, encode) -> torch.Tensor:
         """Features [M, ...] of `images` (one per key): read from disk, the missing ones encoded with
-        `encode(images) -> Tensor[M, ...]` in one call and stored."""
-        shards = {}
-        for key in keys:
-            shards.setdefault(self._shard(key), []).append(key)
-        found = {}
-        for path in shards:
-            found.update(self._read(path))
-        if any(k not in found for k in keys):
-            with file_lock(self.dir / ".lock"):  # one encoder at a time; re-read what others wrote meanwhile
-                todo = {path: self._read(path) for path, ks in shards.items() if any(k not in found for k in ks)}
-                for entries in todo.values():
-                    found.update(entries)
-                missing = list(dict.fromkeys(k for k in keys if k not in found))
-                if missing:
-                    position = {k: i for i, k in enumerate(keys)}
-                    feats = encode([images[position[k]] for k in missing])
-                    if len(feats) != len(missing):
-                        raise ValueError(f"image encoder returned {len(feats)} features for {len(missing)} images")
-                    new = dict(zip(missing, feats))
-                    self.encoded += len(new)
-                    found.update(new)
-                    for path, entries in todo.items():
-                        added = {k: new[k] for k in shards[path] if k in new}
-                        if added:
-                            entries.update(added)
-                            save_tensors(path, {"keys": list(entries),
-                                                "feats": torch.stack([v.contiguous() for v in entries.values()])})
+        `encode(images) -> Tensor[M, ...]` (IMAGE_CHUNK at a time) and stored."""
+        self._scan()
+        if any(k not in self._where for k in keys):
+            with file_lock(self.dir / ".lock"):  # one encoder at a time; index what others wrote meanwhile
+                self._scan(remove_unreadable=True)
+                missing = list(dict.fromkeys(k for k in keys if k not in self._where))
+                position = {k: i for i, k in enumerate(keys)}
+                for i in range(0, len(missing), IMAGE_CHUNK):
+                    chunk = missing[i:i + IMAGE_CHUNK]
+                    feats = encode([images[position[k]] for k in chunk])
+                    if len(feats) != len(chunk):
+                        raise ValueError(f"image encoder returned {len(feats)} features for {len(chunk)} images")
+                    path = self.dir / f"{time.time_ns():x}-{os.getpid()}.pt"
+                    save_tensors(path, {"keys": chunk, "feats": feats.contiguous()})
+                    self.encoded += len(chunk)
+                    self._scan()
         if not keys:
             return encode([])
-        return torch.stack([found[k] for k in keys])
+        return torch.stack([self._feats[path][row] for path, row in map(self._where.__getitem__, keys)])

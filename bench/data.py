@@ -1,18 +1,29 @@
 """Encoded task data: texts tokenised and images passed through the frozen image encoder once,
 cached on disk (image features per image, whole splits keyed by backbone encoding + task + split
 options + loader code; see bench/cache.py), then served as tensor slices so the training loop has
-no per-step Python data work."""
+no per-step Python data work.
+
+A cached split is a directory of NumPy arrays (one per field, `images.npy` for the split's
+distinct images), memory-mapped when read: the process holds only the pages its batches touch
+(file pages the kernel shares between workers and can drop), never a copy of the split. Its images
+are written chunk by chunk from the image store, so encoding holds one chunk at a time. The data
+stays on the host; `to(device)` makes each batch go there (pinned, non-blocking), so the device
+holds the model and the batch in flight. Soft targets (VQA: a few scored answers of thousands)
+are stored sparse and densified per batch."""
+import dataclasses
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
-from bench.cache import ImageFeatureStore, code_digest, image_key, safe_name
+from bench.cache import IMAGE_CHUNK, ImageFeatureStore, code_digest, image_key, safe_name
 from bench.errors import BenchError
-from bench.store import load_tensors, save_tensors
 from bench.task import Task
 
 
@@ -22,6 +33,8 @@ class EncodedSplit:
     images: torch.Tensor | None  # [M, ...] frozen encodings of the distinct images
     derive: Callable[[dict], dict] | None = None  # extra fields computed per batch (an uncached frozen prefix)
     key: str | None = None  # names the split's content in the cache ("<task>/<split>-<digest>"); None: uncached
+    n_classes: int | None = None  # set: "label" holds sparse soft targets, scores [N, K] of classes "label_classes"
+    device: torch.device | None = None  # where batches are sent; None: where the data is
 
     def __len__(self) -> int:
         return len(self.fields["label"])
@@ -30,6 +43,14 @@ class EncodedSplit:
         out = {k: v[idx] for k, v in self.fields.items()}
         if "image_index" in out:
             out["image_feats"] = self.images[out.pop("image_index")]
+        if self.device is not None and self.device.type != "cpu":
+            # host fields pinned and copied without a sync; fields already there (a frozen prefix's
+            # states computed on the device) stay
+            out = {k: v.pin_memory().to(self.device, non_blocking=True) if v.device.type == "cpu" else v
+                   for k, v in out.items()}
+        if self.n_classes is not None:
+            classes, scores = out.pop("label_classes"), out["label"]
+            out["label"] = scores.new_zeros(len(scores), self.n_classes).scatter_add_(1, classes, scores)
         if self.derive is not None:
             out.update(self.derive(out))
         return out
@@ -37,10 +58,7 @@ class EncodedSplit:
     def batches(self, batch_size: int, generator: torch.Generator | None = None):
         """Batches in order, or shuffled with `generator`."""
         order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
-        device = self.fields["label"].device
-        if device.type == "cuda":  # one pinned, non-blocking copy per pass: no host-device sync
-            order = order.pin_memory()
-        order = order.to(device, non_blocking=True)
+        order = order.to(self.fields["label"].device)
         for i in range(0, len(self), batch_size):
             yield self.batch(order[i:i + batch_size])
 
@@ -49,15 +67,24 @@ class EncodedSplit:
         if fraction >= 1:
             return self
         n = max(1, round(len(self) * fraction))
-        return EncodedSplit({k: v[:n] for k, v in self.fields.items()}, self.images, self.derive)  # a subset: no key
+        return dataclasses.replace(self, fields={k: v[:n] for k, v in self.fields.items()}, key=None)  # a subset: no key
 
     def to(self, device) -> "EncodedSplit":
-        return EncodedSplit({k: v.to(device) for k, v in self.fields.items()},
-                            None if self.images is None else self.images.to(device), self.derive, self.key)
+        """The split with its batches sent to `device` (its data stays where it is)."""
+        return dataclasses.replace(self, device=torch.device(device))
 
 
 def encode(backbone, task: Task, examples: list[dict], store: ImageFeatureStore | None = None) -> EncodedSplit:
     """Token ids, labels and the features of the split's distinct images (from `store` when given)."""
+    fields, (keys, unique) = encode_examples(backbone, task, examples)
+    images = None
+    if keys:
+        images = torch.cat(list(image_chunks(backbone, keys, unique, store)))
+    return EncodedSplit(fields, images, n_classes=task.n_classes if "label_classes" in fields else None)
+
+
+def encode_examples(backbone, task: Task, examples: list[dict]) -> tuple[dict, tuple[list, list]]:
+    """(per-example fields, (keys, images) of the split's distinct images, in first-use order)."""
     if not examples:
         raise BenchError(f"task '{task.name}' has no examples for this split (check data_root and caps)")
     texts = [ex.get("text") or "" for ex in examples] if task.kind != "image" else [""] * len(examples)
@@ -72,12 +99,12 @@ def encode(backbone, task: Task, examples: list[dict], store: ImageFeatureStore 
         fields = dict(backbone.encode_texts(texts))
     labels = [ex["label"] for ex in examples]
     if task.loss == "soft_bce":
-        fields["label"] = soft_targets(labels, task.n_classes)
+        fields["label_classes"], fields["label"] = sparse_targets(labels)
     else:
         fields["label"] = torch.tensor(labels, dtype=torch.long)
-    images = None
+    keys, unique = {}, []
     if task.kind != "text":
-        keys, index, unique = {}, [], []
+        index = []
         for ex in examples:
             ids = ex.get("image_ids") or [None] * len(ex["images"])
             if len(ex["images"]) != task.n_images or len(ids) != task.n_images:
@@ -90,9 +117,27 @@ def encode(backbone, task: Task, examples: list[dict], store: ImageFeatureStore 
                 row.append(keys[key])
             index.append(row)
         fields["image_index"] = torch.tensor(index, dtype=torch.long)
-        encode_images = chunked(backbone.encode_images)
-        images = store.features(list(keys), unique, encode_images) if store else encode_images(unique)
-    return EncodedSplit(fields, images)
+    return fields, (list(keys), unique)
+
+
+def image_chunks(backbone, keys: list[str], images: list, store: ImageFeatureStore | None):
+    """The features of `images` (one per key), IMAGE_CHUNK at a time: from `store` when given."""
+    for i in range(0, len(keys), IMAGE_CHUNK):
+        chunk = images[i:i + IMAGE_CHUNK]
+        yield store.features(keys[i:i + IMAGE_CHUNK], chunk, backbone.encode_images) if store else backbone.encode_images(chunk)
+
+
+def sparse_targets(labels: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft targets as (classes, scores), both [N, K] with K the most scored classes of one example
+    (padding: class 0, score 0), from sparse {class index: score} dicts or dense score lists."""
+    pairs = [sorted(lab.items()) if isinstance(lab, dict) else [(k, v) for k, v in enumerate(lab) if v] for lab in labels]
+    width = max(1, max(map(len, pairs)))
+    classes, scores = torch.zeros(len(pairs), width, dtype=torch.long), torch.zeros(len(pairs), width)
+    for i, row in enumerate(pairs):
+        if row:
+            classes[i, :len(row)] = torch.tensor([k for k, _ in row])
+            scores[i, :len(row)] = torch.tensor([v for _, v in row], dtype=torch.float32)
+    return classes, scores
 
 
 def soft_targets(labels: list, n_classes: int) -> torch.Tensor:
@@ -110,15 +155,6 @@ def soft_targets(labels: list, n_classes: int) -> torch.Tensor:
     return out
 
 
-IMAGE_CHUNK = 512  # images loaded and encoded at a time: a split's images are paths, never all in memory
-
-
-def chunked(encode_images):
-    def encode(images: list) -> torch.Tensor:
-        return torch.cat([encode_images(images[i:i + IMAGE_CHUNK]) for i in range(0, len(images), IMAGE_CHUNK)])
-    return encode
-
-
 def code_version(task: Task) -> str:
     """Digest of the code that turns a task's files into encoded examples (its loader, the Task
     split logic, this module), so a changed loader never reads a stale split from the shared cache."""
@@ -132,20 +168,59 @@ def load_split(backbone, task: Task, split: str, cache_dir: Path | None, *, limi
     opts = dict(task=task.name, split=split, limit=limit, val_size=val_size, data_root=data_root,
                 shots=shots, seed=seed if shots is not None else None, enc=backbone.cache_key, code=code_version(task),
                 **({"files": files} if files else {}))
-    path = store = key = None
-    if cache_dir is not None:
-        key = f"{safe_name(task.name)}/{split}-{hashlib.sha1(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:16]}"
-        path = Path(cache_dir) / "splits" / safe_name(backbone.cache_key) / f"{key}.pt"
-        store = ImageFeatureStore(cache_dir, backbone.cache_key)
-        if path.exists():
-            try:
-                blob = load_tensors(path)
-                return EncodedSplit(blob["fields"], blob["images"], key=key)
-            except Exception:  # a corrupt cache entry is recomputed, never trusted
-                path.unlink(missing_ok=True)
+    if cache_dir is None:
+        return encode(backbone, task, task.load(split, limit=limit, shots=shots, seed=seed, data_root=data_root,
+                                                val_size=val_size))
+    key = f"{safe_name(task.name)}/{split}-{hashlib.sha1(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:16]}"
+    path = Path(cache_dir) / "splits" / safe_name(backbone.cache_key) / key
+    if path.is_dir():
+        try:
+            return read_split(path, key)
+        except Exception:  # a corrupt cache entry is recomputed, never trusted
+            shutil.rmtree(path, ignore_errors=True)
     examples = task.load(split, limit=limit, shots=shots, seed=seed, data_root=data_root, val_size=val_size)
-    data = encode(backbone, task, examples, store)
-    if path is not None:
-        save_tensors(path, {"fields": data.fields, "images": data.images})
-    data.key = key
-    return data
+    fields, (keys, unique) = encode_examples(backbone, task, examples)
+    del examples
+    store = ImageFeatureStore(cache_dir, backbone.cache_key)
+    chunks = image_chunks(backbone, keys, unique, store) if keys else None
+    write_split(path, fields, len(keys), chunks, task.n_classes if "label_classes" in fields else None)
+    return read_split(path, key)
+
+
+def write_split(path: Path, fields: dict, n_images: int, chunks, n_classes: int | None) -> None:
+    """The split directory, written whole into a temporary one and renamed: readers never see a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name, tensor in fields.items():
+            np.save(tmp / f"{name}.npy", tensor.numpy())
+        if chunks is not None:
+            out, row = None, 0
+            for chunk in chunks:
+                if out is None:
+                    out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=chunk.numpy().dtype,
+                                                    shape=(n_images, *chunk.shape[1:]))
+                out[row:row + len(chunk)] = chunk.numpy()
+                row += len(chunk)
+            out.flush()
+            del out
+        (tmp / "split.json").write_text(json.dumps({"fields": list(fields), "images": chunks is not None,
+                                                    "n_classes": n_classes}))
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another process wrote the same split first: keep its copy
+            if not path.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_split(path: Path, key: str) -> EncodedSplit:
+    """A split directory's arrays, memory-mapped (copy-on-write: nothing is read until used)."""
+    meta = json.loads((path / "split.json").read_text())
+    load = lambda name: torch.from_numpy(np.load(path / f"{name}.npy", mmap_mode="c"))  # noqa: E731
+    fields = {name: load(name) for name in meta["fields"]}
+    if len({len(v) for v in fields.values()}) != 1:
+        raise ValueError("fields differ in length")
+    return EncodedSplit(fields, load("images") if meta["images"] else None, key=key, n_classes=meta["n_classes"])

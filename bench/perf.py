@@ -17,13 +17,16 @@ on the same model, data tensors, optimizer and steps (a benchmark script, not a 
                  but it has been off by up to 30 %)
 (e) parallel     two runs side by side with 1 thread each vs one after another with 2 threads
 (f) precision    fp32 vs bf16 autocast (+ torch.compile on a CUDA device)
+(g) scale        peak memory per run process and throughput at 1x and 8x generated VQAv2 data, for
+                 the default and a tiny ViLT at the real processor size (bench/perf_scale.py)
 
 Model selection on validation is off (`val_checks=0`) in (a) and (b), so the bare loop and
 Avalanche need none; (c)-(e) use the default configuration. Runs go to a scratch directory that
 is removed afterwards; data come from the shared cache (bench/cache.py), filled first, but frozen-
 prefix states and shared stages (bench/reuse.py) from a store of this invocation's own, so no
 earlier run's work helps. The last line is machine-readable: `overhead_ratio=.. avalanche_ratio=..
-cache_speedup=.. leaderboard_s=..` (`nan` for a section not run or unavailable).
+cache_speedup=.. leaderboard_s=.. rss_growth=.. stream_ratio=..` (`nan` for a section not run or
+unavailable).
 """
 import dataclasses
 import math
@@ -49,7 +52,7 @@ from bench.store import finished_runs
 from bench.suite import run_suite
 from bench.train import _schedule, adamw
 
-SECTIONS = ("a", "b", "c", "d", "e", "f")
+SECTIONS = ("a", "b", "c", "d", "e", "f", "g")
 AVALANCHE_STRATEGIES = {"finetune": "Naive", "ewc": "EWC", "er": "Replay"}
 # the harness's side of (b): replay with a memory batch at every step, as Avalanche's Replay does
 AVALANCHE_MATCH = {"er": [("er.replay_every", "1")]}
@@ -467,7 +470,8 @@ def main(wl: Workload, sections=SECTIONS, estimate_leaderboard: bool = False, sa
     scratch = Path(tempfile.mkdtemp(dir=wl.scratch, prefix="perf-"))
     wl.scratch = scratch
     wl.cache_dir = scratch_cache(wl.cache_dir, scratch)
-    numbers = dict.fromkeys(("overhead_ratio", "avalanche_ratio", "cache_speedup", "leaderboard_s"), math.nan)
+    numbers = dict.fromkeys(("overhead_ratio", "avalanche_ratio", "cache_speedup", "leaderboard_s", "rss_growth",
+                             "stream_ratio"), math.nan)
     try:
         steps = [p.steps for p in plan_tasks(wl.config("finetune"))]
         say(f"perf: sequence {wl.sequence}, backbone {wl.backbone}, {len(steps)} tasks x {steps[0]} steps, "
@@ -487,6 +491,9 @@ def main(wl: Workload, sections=SECTIONS, estimate_leaderboard: bool = False, sa
             section_parallel(wl, say)
         if "f" in sections:
             section_precision(wl, say)
+        if "g" in sections:
+            from bench.perf_scale import section_scale
+            numbers["rss_growth"], numbers["stream_ratio"] = section_scale(wl, say)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     say(" ".join(f"{k}={v:.3f}" if k != "leaderboard_s" else f"{k}={v:.0f}" for k, v in numbers.items()))

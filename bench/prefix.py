@@ -12,6 +12,7 @@ backbone's pooled output, or the hidden state after block k (`Backbone.forward_f
 `cache_prefix=false` computes the same state for every batch instead: identical numbers (up to
 float summation order), the speed of no cache. That is how the cache is tested and measured.
 """
+import dataclasses
 import hashlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,7 +97,7 @@ class FrozenPrefix:
         return {FROZEN + k: v for k, v in out.items()}
 
     def on_the_fly(self, split: EncodedSplit) -> EncodedSplit:
-        return EncodedSplit(split.fields, split.images, self.state, split.key)
+        return dataclasses.replace(split, derive=self.state)
 
     def attach(self, split: EncodedSplit, cache_dir: Path | None, batch_size: int = 256) -> EncodedSplit:
         """`split` with the prefix's output of every example added (read from the cache when there)."""
@@ -120,4 +121,4 @@ class FrozenPrefix:
             states = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
             if path is not None:
                 save_tensors(path, {k: v.cpu() for k, v in states.items()})
-        return EncodedSplit({**split.fields, **states}, split.images, None, split.key)
+        return dataclasses.replace(split, fields={**split.fields, **states}, derive=None)

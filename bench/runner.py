@@ -2,7 +2,6 @@
 task, resumes from the last finished task, and writes `DONE` last."""
 import fcntl
 import platform
-import resource
 import subprocess
 import time
 import zlib
@@ -21,6 +20,7 @@ from bench.data import load_split
 from bench.errors import BenchError
 from bench.evaluate import SettledScores, score
 from bench.identity import data_fingerprint
+from bench.peak_memory import run_peak_mb
 from bench.precision import compile_backbone
 from bench.prefix import FrozenPrefix
 from bench.registry import METHODS, TASKS
@@ -363,8 +363,7 @@ def finish(cfg, run_dir, progress, tasks, method, device, total_s) -> dict:
     A = progress["rows"]
     chance = [t.chance for t in tasks]
     single = single_task_scores(cfg, run_dir, A)
-    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.startswith("cuda")
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = run_peak_mb(device)
     result = {
         "run_id": cfg.run_id, "method": cfg.method, "sequence": cfg.sequence, "backbone": cfg.backbone,
         "seed": cfg.seed, "tasks": [t.name for t in tasks], "matrix": A, "chance": chance,

@@ -61,31 +61,54 @@ def test_a_second_run_encodes_no_image_even_without_its_encoded_splits(tmp_path,
     assert again["matrix"] == first["matrix"]
 
 
-def test_corrupt_entries_are_recomputed(tmp_path, encoded):
+def test_corrupt_entries_are_recomputed(tmp_path, encoded, monkeypatch):
+    monkeypatch.setattr("bench.cache.IMAGE_CHUNK", 16)  # 40 images: three shards
+    monkeypatch.setattr("bench.data.IMAGE_CHUNK", 16)
     backbone, task = ToyBackbone(), TASKS.get("digits")()
     good = load_split(backbone, task, "test", tmp_path, limit=40)
     store = ImageFeatureStore(tmp_path, backbone.cache_key)
-    shard = sorted(store.dir.glob("*.pt"))[0]
-    shard.write_bytes(b"not a tensor file")
-    split_file = next((tmp_path / "splits").rglob("*.pt"))
-    split_file.write_bytes(split_file.read_bytes()[:100])  # a truncated write
+    shards = sorted(store.dir.glob("*.pt"))
+    assert len(shards) == 3
+    lost = torch.load(shards[1], weights_only=True)["keys"]
+    shards[1].write_bytes(b"not a tensor file")
+    split_file = next((tmp_path / "splits").rglob("images.npy"))
+    truncated = split_file.read_bytes()[:100]
+    split_file.unlink()  # a new file: `good` maps the old one, as a reader in another process would
+    split_file.write_bytes(truncated)
     encoded.clear()
     again = load_split(backbone, task, "test", tmp_path, limit=40)
     assert torch.equal(again.images, good.images)
     assert all(torch.equal(again.fields[k], good.fields[k]) for k in good.fields)
-    in_shard = [k for k in keys(task, 40) if store._shard(k) == shard]
-    assert sum(encoded) == len(in_shard) > 0  # just the lost shard's images
+    assert sum(encoded) == len(lost) == 16  # just the lost shard's images
+    assert not shards[1].exists()  # the unreadable shard is gone, its images in a new one
 
 
-def test_stores_sharing_a_shard_keep_each_others_entries(tmp_path):
-    a = ImageFeatureStore(tmp_path, "enc")
-    pair = [k for k in (f"id:{i}" for i in range(2000)) if a._shard(k) == a._shard("id:x")][:2]
-    a.features([pair[0]], [0], lambda ims: torch.ones(len(ims), 3))
-    ImageFeatureStore(tmp_path, "enc").features([pair[1]], [0], lambda ims: torch.zeros(len(ims), 3))
+def test_a_killed_encode_resumes_after_its_last_finished_chunk(tmp_path, monkeypatch):
+    monkeypatch.setattr("bench.cache.IMAGE_CHUNK", 8)
+    store, calls = ImageFeatureStore(tmp_path, "enc"), []
+
+    def dies_on_third_chunk(ims):
+        calls.append(len(ims))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed mid-encode
+        return torch.tensor(ims, dtype=torch.float32)[:, None]
+    keys, images = [f"id:{i}" for i in range(30)], list(range(30))
+    with pytest.raises(KeyboardInterrupt):
+        store.features(keys, images, dies_on_third_chunk)
+    assert len(list(store.dir.glob("*.pt"))) == 2 and not list(store.dir.glob(".*.tmp"))
+    calls.clear()
+    fresh = ImageFeatureStore(tmp_path, "enc")
+    out = fresh.features(keys, images, lambda ims: calls.append(len(ims)) or torch.tensor(ims, dtype=torch.float32)[:, None])
+    assert calls == [8, 6] and out[:, 0].tolist() == images  # the two finished chunks were kept
+
+
+def test_stores_writing_one_encoding_keep_each_others_entries(tmp_path):
+    ImageFeatureStore(tmp_path, "enc").features(["id:a"], [0], lambda ims: torch.ones(len(ims), 3))
+    ImageFeatureStore(tmp_path, "enc").features(["id:b"], [0], lambda ims: torch.zeros(len(ims), 3))
 
     def fail(ims):
         raise AssertionError("should come from disk")
-    both = ImageFeatureStore(tmp_path, "enc").features(pair, [0, 0], fail)
+    both = ImageFeatureStore(tmp_path, "enc").features(["id:a", "id:b"], [0, 0], fail)
     assert both.tolist() == [[1.0] * 3, [0.0] * 3]
 
 

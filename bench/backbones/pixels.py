@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from bench.backbones.embedded import load_image
+from bench.images import MAX_ASPECT, cap_aspect, load_image
 
 CHUNK = 256  # images per processor call: bounds the float temporaries of a large split
 
@@ -23,14 +23,15 @@ def encoding_key(prefix: str, recipe: str, *code) -> str:
     return f"{prefix}-{digest.hexdigest()[:12]}"
 
 
-def pil_images(images: list) -> list:
+def pil_images(images: list, max_aspect: float = MAX_ASPECT) -> list:
+    """RGB PIL images, extreme aspect ratios centre-cropped (bench/images.py `cap_aspect`)."""
     from PIL import Image
-    return [Image.fromarray(load_image(im)) for im in images]
+    return [cap_aspect(Image.fromarray(load_image(im)), max_aspect) for im in images]
 
 
-def chunks(images: list):
+def chunks(images: list, max_aspect: float = MAX_ASPECT):
     for i in range(0, len(images), CHUNK):
-        yield pil_images(images[i:i + CHUNK])
+        yield pil_images(images[i:i + CHUNK], max_aspect)
 
 
 def as_uint8(pixels: torch.Tensor, scale: float = 255.0) -> torch.Tensor:

@@ -60,7 +60,10 @@ class ViltBackbone(Backbone):
             self.vilt.embeddings.token_type_embeddings = grown
             config.modality_type_vocab_size = 1 + IMAGE_TYPES
         # the canvas: the longest edge the processor makes (it caps the longer edge; a 1:2 image hits the cap)
+        self.max_aspect = float("inf")
         self.canvas = max(self.resized([np.zeros((16, 32, 3), dtype=np.uint8)])[0].shape)
+        # a longer/shorter ratio above canvas / size_divisor makes the processor's shorter edge 0
+        self.max_aspect = self.canvas / self.processor.size_divisor
         side = self.processor.size["shortest_edge"]
         flat = np.full((side, side, 3), IMAGENET_MEAN_RGB, dtype=np.uint8)
         self.register_buffer("mean_image", self.encode_images([flat]), persistent=False)  # [1, 4, H, W]
@@ -69,7 +72,7 @@ class ViltBackbone(Backbone):
     def resized(self, images: list) -> list[torch.Tensor]:
         """The processor's resize: uint8 [3, h, w] each, sizes vary with the aspect ratio."""
         out = []
-        for chunk in chunks(images):
+        for chunk in chunks(images, self.max_aspect):
             out += self.processor(chunk, do_rescale=False, do_normalize=False, do_pad=False)["pixel_values"]
         return [torch.as_tensor(im, dtype=torch.uint8) for im in out]
 

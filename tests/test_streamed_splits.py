@@ -1,0 +1,54 @@
+"""Encoded splits on disk, memory-mapped: read per batch, never copied whole; soft targets stored
+sparse and densified per batch to exactly the dense targets; batches, not splits, go to a device."""
+from pathlib import Path
+
+import torch
+
+from bench.data import load_split, soft_targets
+from bench.registry import TASKS
+from conftest import ToyBackbone
+
+CLIMB = Path(__file__).parent / "fixtures" / "climb"
+
+
+def vqav2():
+    task = TASKS.get("vqav2")()
+    task.prepare(str(CLIMB))
+    return task
+
+
+def mapped_files() -> str:
+    return Path("/proc/self/maps").read_text()
+
+
+def test_a_cached_split_is_memory_mapped_not_loaded(tmp_path):
+    backbone, task = ToyBackbone(), vqav2()
+    load_split(backbone, task, "train", tmp_path, data_root=str(CLIMB), val_size=8)  # encodes and writes
+    split = load_split(backbone, task, "train", tmp_path, data_root=str(CLIMB), val_size=8)  # reads
+    directory = next((tmp_path / "splits").rglob("split.json")).parent
+    maps = mapped_files()
+    for name in [*split.fields, "images"]:
+        assert str(directory / f"{name}.npy") in maps, name
+    assert split.to("cpu").images is split.images  # moving a split moves nothing; its batches go
+
+
+def test_soft_targets_are_stored_sparse_and_batches_are_dense(tmp_path):
+    backbone, task = ToyBackbone(), vqav2()
+    examples = task.load("train", data_root=str(CLIMB), val_size=8)
+    split = load_split(backbone, task, "train", tmp_path, data_root=str(CLIMB), val_size=8)
+    assert split.fields["label"].shape[1] < task.n_classes  # K scored answers per question, not all C
+    dense = soft_targets([ex["label"] for ex in examples], task.n_classes)  # oracle: the dense matrix
+    assert dense.sum() > 0 and (dense > 0).sum(1).max() > 1  # several scored answers in some questions
+    idx = torch.tensor([5, 0, len(split) - 1, 1])
+    assert torch.equal(split.batch(idx)["label"], dense[idx])
+    order = torch.cat([b["label"] for b in split.batches(7)])
+    assert torch.equal(order, dense)
+
+
+def test_a_leftover_partial_split_directory_is_never_read(tmp_path):
+    backbone, task = ToyBackbone(), TASKS.get("digits")()
+    good = load_split(backbone, task, "test", tmp_path, limit=20)
+    directory = next((tmp_path / "splits").rglob("split.json")).parent
+    (directory / "split.json").unlink()  # as if the writer died before its last file
+    again = load_split(backbone, task, "test", tmp_path, limit=20)
+    assert torch.equal(again.images, good.images) and (directory / "split.json").exists()
