@@ -18,10 +18,13 @@ def cmd_list(args):
 
 
 def cmd_run(args):
+    from bench import loggers
     from bench.config import parse_sets
     from bench.executors import executor_sets, make_executor, summarize
     from bench.report import write_report
     from bench.suite import ExecOptions, execute_suite, plan
+    if args.log is not None:  # workers inherit the choice (bench/loggers.py)
+        os.environ[loggers.LOG_ENV] = ",".join(loggers.parse(args.log))
     sets, executor_options = executor_sets(parse_sets(args.set))
     opts = ExecOptions.from_sets(sets, out=args.out, threads=args.threads, workers=args.workers)
     executor = make_executor(args.executor, opts, executor_options)
@@ -80,6 +83,8 @@ def main(argv=None):
                      "their options: --set slurm.partition=gpu, --set ray.address=auto, ...")
     run.add_argument("--threads", type=int, default=1, help="torch threads per run")
     run.add_argument("--workers", type=int, default=None, help="parallel runs (default: cores // threads)")
+    run.add_argument("--log", default=None, metavar="NAMES",
+                     help="experiment loggers, comma-separated: tensorboard, wandb (offline), mlflow (local store), jsonl")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field (lr=3e-4) or a method hyper-parameter (adapter.reduction=8)")
     rep = sub.add_parser("report", help="write leaderboard tables and figures from finished runs")
