@@ -21,20 +21,22 @@ def cmd_run(args):
     from bench import loggers
     from bench.config import parse_sets
     from bench.executors import executor_sets, make_executor, summarize
-    from bench.report import write_report
+    from bench.report import ReportOptions, write_report
     from bench.suite import ExecOptions, execute_suite, plan
     if args.log is not None:  # workers inherit the choice (bench/loggers.py)
         os.environ[loggers.LOG_ENV] = ",".join(loggers.parse(args.log))
-    sets, executor_options = executor_sets(parse_sets(args.set))
+    report_options, sets = ReportOptions.from_sets(parse_sets(args.set))
+    sets, executor_options = executor_sets(sets)
     opts = ExecOptions.from_sets(sets, out=args.out, threads=args.threads, workers=args.workers)
     executor = make_executor(args.executor, opts, executor_options)
     waves = plan(args.methods, args.seeds, sets, opts.device, sequence=args.sequence, backbone=args.backbone, quick=args.quick)
     outcomes = execute_suite(waves, executor)
     print(summarize(outcomes))
     failures = [o for o in outcomes if o.status == "failed"]
-    report = write_report(args.out)
+    report = write_report(args.out, report_options)
     print(report["table"].to_string(index=False))
-    print(f"\nleaderboard: {report['paths'][1]} (.csv, .tex beside it); figures: {os.path.join(args.out, 'figures')}")
+    print(f"\nleaderboard: {report['paths'][1]} (.csv, .tex beside it); figures: {os.path.join(args.out, 'figures')}; "
+          f"results page: {report['page']}")
     if failures:
         print(f"{len(failures)} run(s) failed; see the leaderboard's 'Failed runs'", file=sys.stderr)
         return 1
@@ -42,10 +44,15 @@ def cmd_run(args):
 
 
 def cmd_report(args):
-    from bench.report import write_report
-    report = write_report(args.out)
+    from bench.config import parse_sets
+    from bench.errors import did_you_mean
+    from bench.report import ReportOptions, write_report
+    options, rest = ReportOptions.from_sets(parse_sets(args.set))
+    if rest:
+        raise did_you_mean(rest[0][0], ["figure_width"], "report --set key")
+    report = write_report(args.out, options)
     print(report["table"].to_string(index=False))
-    print(f"\nleaderboard: {report['paths'][1]}")
+    print(f"\nleaderboard: {report['paths'][1]}; results page: {report['page']}")
 
 
 def cmd_perf(args):
@@ -89,6 +96,8 @@ def main(argv=None):
                      help="override a config field (lr=3e-4) or a method hyper-parameter (adapter.reduction=8)")
     rep = sub.add_parser("report", help="write leaderboard tables and figures from finished runs")
     rep.add_argument("--out", default="results")
+    rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="figure_width=3.3 (one-column paper figures) or 7 (two-column, the default)")
     perf = sub.add_parser("perf", help="measure the harness: overhead vs a bare loop, vs Avalanche, caches, leaderboard time")
     perf.add_argument("--sequence", default="default")
     perf.add_argument("--backbone", default="default")
