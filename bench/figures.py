@@ -27,6 +27,7 @@ FAMILY_COLOURS = dict(zip(ORDER, plt.get_cmap("tab10").colors))
 
 def _save(fig, path: Path) -> list[Path]:
     _drop_colliding_ticklabels(fig)
+    fig.set_layout_engine("none")  # keep the layout the labels were placed in: hidden ticks must not move the axes
     path.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "pdf"):
@@ -160,31 +161,39 @@ def downstream_bars(table, folder: Path, width: float) -> list[Path]:
                        higher_is_better=True)
 
 
+LABEL_OFFSETS = [(dx * r, dy * r) for r in (1, 1.8, 2.8, 4, 5.5, 7) for dx, dy in  # points, nearest first
+                 ((4, 3), (4, -9), (-4, 3), (-4, -9), (0, 7), (0, -13), (8, -3), (-8, -3), (6, 8), (-6, 8), (6, -14),
+                  (-6, -14))]
+
+
 def _label_points(ax, points: list[tuple[str, float, float]]) -> list[str]:
     """Annotate each (label, x, y) at the first nearby spot whose text box meets no other text of
-    the figure and stays inside the axes; returns the labels that fit nowhere."""
+    the figure and stays inside the axes; returns the labels that fit nowhere. Candidate boxes are
+    computed from the label's measured size, so only the chosen spot becomes an artist."""
     fig = ax.figure
     fig.canvas.draw()  # the layout is final before boxes are measured
     renderer = fig.canvas.get_renderer()
     taken = [t.get_window_extent(renderer) for t in _texts(fig, renderer)]
     inside = ax.get_window_extent(renderer)
-    offsets = [(dx * r, dy * r) for r in (1, 1.8, 2.8, 4, 5.5, 7) for dx, dy in
-               ((4, 3), (4, -9), (-4, 3), (-4, -9), (0, 7), (0, -13), (8, -3), (-8, -3), (6, 8), (-6, 8), (6, -14),
-                (-6, -14))]
+    pixels = fig.dpi / 72
     unplaced = []
     for label, x, y in sorted(points, key=lambda p: -p[2]):
-        for dx, dy in offsets:
-            ann = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=5.5,
-                              ha="left" if dx >= 0 else "right",
-                              arrowprops={"arrowstyle": "-", "lw": 0.3, "color": "0.5"} if max(abs(dx), abs(dy)) > 10
-                              else None)
-            ann.set_in_layout(False)
-            box = ann.get_window_extent(renderer)
-            fits = (box.x0 >= inside.x0 and box.x1 <= inside.x1 and box.y0 >= inside.y0 and box.y1 <= inside.y1)
+        probe = ax.text(0, 0, label, fontsize=5.5, transform=None)
+        size = probe.get_window_extent(renderer)
+        probe.remove()
+        px, py = ax.transData.transform((x, y))
+        for dx, dy in LABEL_OFFSETS:
+            x0 = px + dx * pixels - (size.width if dx < 0 else 0)
+            box = matplotlib.transforms.Bbox.from_bounds(x0, py + dy * pixels, size.width, size.height)
+            fits = inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
             if fits and not any(box.overlaps(other) for other in taken):
+                ann = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=5.5,
+                                  ha="right" if dx < 0 else "left", va="bottom",
+                                  arrowprops={"arrowstyle": "-", "lw": 0.3, "color": "0.5"}
+                                  if max(abs(dx), abs(dy)) > 10 else None)
+                ann.set_in_layout(False)
                 taken.append(box)
                 break
-            ann.remove()
         else:
             unplaced.append(label)
     return unplaced
