@@ -38,7 +38,7 @@ def _save(fig, path: Path) -> list[Path]:
     return paths
 
 
-def _texts(fig, renderer) -> list:
+def _texts(fig) -> list:
     return [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
 
 
@@ -48,7 +48,7 @@ def _drop_colliding_ticklabels(fig) -> None:
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     ticks = {id(t) for ax in fig.axes for t in ax.get_xticklabels() + ax.get_yticklabels()}
-    texts = _texts(fig, renderer)
+    texts = _texts(fig)
     kept = [t.get_window_extent(renderer) for t in texts if id(t) not in ticks]
     for t in texts:
         if id(t) in ticks:
@@ -173,7 +173,7 @@ def _label_points(ax, points: list[tuple[str, float, float]]) -> list[str]:
     fig = ax.figure
     fig.canvas.draw()  # the layout is final before boxes are measured
     renderer = fig.canvas.get_renderer()
-    taken = [t.get_window_extent(renderer) for t in _texts(fig, renderer)]
+    taken = [t.get_window_extent(renderer) for t in _texts(fig)]
     inside = ax.get_window_extent(renderer)
     pixels = fig.dpi / 72
     unplaced = []
