@@ -145,10 +145,9 @@ def forgetting_bars(table, folder: Path, width: float) -> list[Path]:
                        higher_is_better=False)
 
 
-def downstream_bars(table, folder: Path, width: float) -> list[Path]:
-    """Mean downstream score over the downstream tasks (CLiMB phase II), per method."""
-    from bench.report import DOWN_TRANSFER, downstream_keys
-    keys = [k for k in downstream_keys(table) if k != DOWN_TRANSFER]
+def downstream_bars(table, folder: Path, width: float, keys: list[str]) -> list[Path]:
+    """Mean downstream score over the downstream tasks (CLiMB phase II), per method; `keys` are the
+    table's downstream score columns (`down:<task>`)."""
     if not keys:
         return []
     t = table.copy()
@@ -236,7 +235,8 @@ def score_vs_cost(table, cost: str, cost_label: str, title: str, path: Path, wid
     return _save(fig, path)
 
 
-def write_figures(runs, table, folder: Path, width: float = 7.0) -> list[Path]:
+def write_figures(runs, table, folder: Path, width: float = 7.0, downstream: list[str] = ()) -> list[Path]:
+    """Every figure; `downstream` are the table's downstream score columns (bench/report.py)."""
     paths = []
     millions = FuncFormatter(lambda v, _: f"{v / 1e6:.3g}M")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
@@ -244,7 +244,7 @@ def write_figures(runs, table, folder: Path, width: float = 7.0) -> list[Path]:
         for method in by_method(runs):
             paths += heatmap(*method, folder, width) + task_curves(*method, folder, width)
         paths += forgetting_bars(table, folder, width)
-        paths += downstream_bars(table, folder, width)
+        paths += downstream_bars(table, folder, width, list(downstream))
         paths += score_vs_cost(table, "stored", "parameters stored after the sequence",
                                "Score and transfer vs stored parameters", folder / "score_vs_params", width, millions)
         paths += score_vs_cost(table, "train_s", "training time per run (s)",

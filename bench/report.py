@@ -99,6 +99,9 @@ def _human(n):
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
+COST_COLUMNS = [("trainable", "Trainable/task"), ("stored", "Stored"), ("inference", "Inference"), ("train_s", "Train s")]
+
+
 def pretty(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"Method": table["method"]})
     if table["sequence"].nunique() > 1 or table["backbone"].nunique() > 1:
@@ -111,6 +114,37 @@ def pretty(table: pd.DataFrame) -> pd.DataFrame:
     out["Train s"] = table["train_s"].map(lambda v: f"{v:.0f}")
     out["n"] = table["n"]
     return out
+
+
+def _number(v):
+    return None if v is None or pd.isna(v) else float(v)
+
+
+def sortable_rows(table: pd.DataFrame) -> dict:
+    """The results page's table: header cells (label, column group, best-first direction) and rows
+    of cells (text as shown, value to sort by)."""
+    nice = pretty(table)
+    # a setting without downstream tasks shows no empty downstream group
+    metrics = [m for m in metric_columns(table) if not (m[3] and table[f"{m[0]}_mean"].isna().all())]
+    header = [{"label": "Method", "group": "", "dir": "asc", "kind": "text"}]
+    header += [{"label": label, "group": group, "dir": "desc" if higher else "asc", "kind": "number"}
+               for _, label, higher, group in metrics]
+    header += [{"label": label, "group": "Cost", "dir": "asc", "kind": "number"} for _, label in COST_COLUMNS]
+    header += [{"label": "n", "group": "", "dir": "desc", "kind": "number"}]
+    rows = []
+    for (_, row), (_, shown) in zip(table.iterrows(), nice.iterrows()):
+        cells = [{"text": row["method"], "sort": row["method"]}]
+        cells += [{"text": cell(row, key), "sort": _number(row[f"{key}_mean"])} for key, _, _, _ in metrics]
+        cells += [{"text": shown[label], "sort": _number(row[key])} for key, label in COST_COLUMNS]
+        cells += [{"text": str(row["n"]), "sort": float(row["n"])}]
+        rows.append(cells)
+    groups = []  # (group label, colspan) over the header, for the column-group row
+    for h in header:
+        if groups and groups[-1][0] == h["group"]:
+            groups[-1][1] += 1
+        else:
+            groups.append([h["group"], 1])
+    return {"header": header, "rows": rows, "groups": groups}
 
 
 def failed_runs(out) -> list[tuple[str, str]]:
@@ -135,9 +169,11 @@ def write_report(out="results", options: ReportOptions | None = None) -> dict:
     write_text(out / "leaderboard.md", md + "\n")
     write_text(out / "leaderboard.tex", nice.to_latex(index=False, escape=True).replace("±", r"$\pm$"))
     from bench.figures import write_figures
-    figures = write_figures(runs, table, out / "figures", options.figure_width)
+    scores = [k for k in downstream_keys(table) if k != DOWN_TRANSFER]
+    figures = write_figures(runs, table, out / "figures", options.figure_width, scores)
     from bench.results_page import write_results_page
-    page = write_results_page(out, runs, table, failed)
+    leaderboards = {setting: sortable_rows(part) for setting, part in table.groupby(["sequence", "backbone"])}
+    page = write_results_page(out, runs, leaderboards, failed, [(label, key) for key, label, _ in COLUMNS])
     return {"table": nice, "paths": [out / "leaderboard.csv", out / "leaderboard.md", out / "leaderboard.tex"],
             "figures": figures, "failed": failed, "page": page}
 

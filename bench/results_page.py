@@ -10,46 +10,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from bench.cache import safe_name
-from bench.report import COLUMNS, cell, metric_columns, pretty
 from bench.store import runs_dir, write_text
 
 TEMPLATE = Path(__file__).with_name("results_page.html.j2")
 FIGURES = ("forgetting", "downstream", "score_vs_params", "score_vs_compute")
 LOG_LINES = 200  # the end of a run's log.jsonl shown on the page
-COSTS = [("trainable", "Trainable/task"), ("stored", "Stored"), ("inference", "Inference"), ("train_s", "Train s")]
-
-
-def _number(v):
-    return None if v is None or pd.isna(v) else float(v)
-
-
-def leaderboard_rows(table: pd.DataFrame) -> dict:
-    """Header cells (label, column group, sort direction) and rows of cells (text, sort value)."""
-    nice = pretty(table)
-    # a setting without downstream tasks shows no empty downstream group
-    metrics = [m for m in metric_columns(table) if not (m[3] and table[f"{m[0]}_mean"].isna().all())]
-    header = [{"label": "Method", "group": "", "dir": "asc", "kind": "text"}]
-    header += [{"label": label, "group": group, "dir": "desc" if higher else "asc", "kind": "number"}
-               for _, label, higher, group in metrics]
-    header += [{"label": label, "group": "Cost", "dir": "asc", "kind": "number"} for _, label in COSTS]
-    header += [{"label": "n", "group": "", "dir": "desc", "kind": "number"}]
-    rows = []
-    for (_, row), (_, shown) in zip(table.iterrows(), nice.iterrows()):
-        cells = [{"text": row["method"], "sort": row["method"]}]
-        cells += [{"text": cell(row, key), "sort": _number(row[f"{key}_mean"])} for key, _, _, _ in metrics]
-        cells += [{"text": shown[label], "sort": _number(row[key])} for key, label in COSTS]
-        cells += [{"text": str(row["n"]), "sort": float(row["n"])}]
-        rows.append(cells)
-    groups = []  # (group label, colspan) over the header, for the column-group row
-    for h in header:
-        if groups and groups[-1][0] == h["group"]:
-            groups[-1][1] += 1
-        else:
-            groups.append([h["group"], 1])
-    return {"header": header, "rows": rows, "groups": groups}
 
 
 def matrix_view(runs: list[dict]) -> dict:
@@ -91,14 +58,16 @@ def setting_name(sequence: str, backbone: str) -> str:
     return safe_name(f"{Path(sequence).stem}-{backbone}")
 
 
-def write_results_page(out, runs: list[dict], table: pd.DataFrame, failed: list[tuple[str, str]]) -> Path:
-    """Write index.html (every setting's leaderboard and the figures) and a page per setting."""
+def write_results_page(out, runs: list[dict], leaderboards: dict, failed: list[tuple[str, str]],
+                       metric_help: list[tuple[str, str]]) -> Path:
+    """Write index.html (every setting's leaderboard and the figures) and a page per setting.
+    `leaderboards` maps (sequence, backbone) to its sortable table (bench/report.py `sortable_rows`)."""
     import jinja2
     out = Path(out)
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     template = env.from_string(TEMPLATE.read_text(encoding="utf-8"))
     settings = []
-    for (sequence, backbone), part in table.groupby(["sequence", "backbone"], sort=True):
+    for (sequence, backbone), leaderboard in sorted(leaderboards.items()):
         name = setting_name(sequence, backbone)
         mine = [r for r in runs if (r["sequence"], r["backbone"]) == (sequence, backbone)]
         methods = {}
@@ -106,11 +75,10 @@ def write_results_page(out, runs: list[dict], table: pd.DataFrame, failed: list[
             methods.setdefault(r["method"], []).append(r)
         settings.append({
             "name": name, "title": f"{Path(sequence).stem} / {backbone}", "href": f"pages/{name}.html",
-            "leaderboard": leaderboard_rows(part),
+            "leaderboard": leaderboard,
             "matrices": [{"method": m, **matrix_view(rs)} for m, rs in methods.items()],
             "runs": [run_view(r, runs_dir(out) / r["run_id"]) for r in sorted(mine, key=lambda r: r["run_id"])]})
     figures = [{"name": f, "src": src} for f in FIGURES if (src := _data_uri(out / "figures" / f"{f}.png"))]
-    metric_help = [(label, key) for key, label, _ in COLUMNS]
     failed_rows = [{"run_id": rid, "why": why} for rid, why in failed]
     write_text(out / "index.html", template.render(page="index", settings=settings, figures=figures,
                                                    failed=failed_rows, metric_help=metric_help, root=""))

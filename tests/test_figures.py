@@ -69,7 +69,8 @@ def drawn(tmp_path_factory):
     paths = {}
     try:
         for width in (3.3, 7.0):
-            paths[width] = figures.write_figures(few, table, out / f"w{width}", width)
+            down = [k for k in report.downstream_keys(table) if k != report.DOWN_TRANSFER]
+            paths[width] = figures.write_figures(few, table, out / f"w{width}", width, down)
     finally:
         mp.undo()
     return runs, table, paths
