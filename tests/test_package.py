@@ -92,7 +92,7 @@ def plugin_package(tmp_path: Path, module_text: str, entry_value: str = "zz_plug
     return tmp_path / "site"
 
 
-def test_entry_point_plugin_is_listed_and_runs(tmp_path):
+def test_entry_point_plugin_is_listed_and_runs(tmp_path, cache_dir):
     site = plugin_package(tmp_path, PLUGIN_MODULE)
     listed = run_py([sys.executable, "run_bench.py", "list", "methods"], site, cwd=ROOT)
     assert "zz_entry_point_method" in listed.stdout.split() and "finetune" in listed.stdout.split(), listed.stderr
@@ -103,7 +103,7 @@ def test_entry_point_plugin_is_listed_and_runs(tmp_path):
     # the toy backbone comes through MMCL_PLUGINS beside the entry point: both routes at once
     ran = run_py([sys.executable, "run_bench.py", "run", "--quick", "--methods", "zz_entry_point_method",
                   "--backbone", "toy", "--seeds", "0", "--workers", "2", "--out", str(out),
-                  "--set", "steps=2", "--set", f"cache_dir={tmp_path / 'cache'}"], site, cwd=ROOT,
+                  "--set", "steps=2", "--set", f"cache_dir={cache_dir}"], site, cwd=ROOT,
                  MMCL_PLUGINS=str(ROOT / "tests" / "conftest.py"))
     assert ran.returncode == 0, ran.stderr[-3000:]
     metrics = [json.loads(p.read_text()) for p in out.glob("runs/*/metrics.json")]
