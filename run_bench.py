@@ -18,18 +18,23 @@ def cmd_list(args):
 
 
 def cmd_run(args):
+    from bench import loggers
     from bench.config import parse_sets
     from bench.executors import summarize
-    from bench.report import write_report
+    from bench.report import ReportOptions, write_report
     from bench.suite import run_suite
-    outcomes = run_suite(args.methods, args.seeds, parse_sets(args.set), out=args.out, threads=args.threads,
+    if args.log is not None:  # workers inherit the choice (bench/loggers.py)
+        os.environ[loggers.LOG_ENV] = ",".join(loggers.parse(args.log))
+    report_options, sets = ReportOptions.from_sets(parse_sets(args.set))
+    outcomes = run_suite(args.methods, args.seeds, sets, out=args.out, threads=args.threads,
                          workers=args.workers, executor=args.executor, rerun=args.rerun or None, sequence=args.sequence,
                          backbone=args.backbone, quick=args.quick)
     print(summarize(outcomes))
     failures = [o for o in outcomes if o.status == "failed"]
-    report = write_report(args.out)
+    report = write_report(args.out, report_options)
     print(report["table"].to_string(index=False))
-    print(f"\nleaderboard: {report['paths'][1]} (.csv, .tex beside it); figures: {os.path.join(args.out, 'figures')}")
+    print(f"\nleaderboard: {report['paths'][1]} (.csv, .tex beside it); figures: {os.path.join(args.out, 'figures')}; "
+          f"results page: {report['page']}")
     if failures:
         print(f"{len(failures)} run(s) failed; see the leaderboard's 'Failed runs'", file=sys.stderr)
         return 1
@@ -37,10 +42,15 @@ def cmd_run(args):
 
 
 def cmd_report(args):
-    from bench.report import write_report
-    report = write_report(args.out)
+    from bench.config import parse_sets
+    from bench.errors import did_you_mean
+    from bench.report import ReportOptions, write_report
+    options, rest = ReportOptions.from_sets(parse_sets(args.set))
+    if rest:
+        raise did_you_mean(rest[0][0], ["figure_width"], "report --set key")
+    report = write_report(args.out, options)
     print(report["table"].to_string(index=False))
-    print(f"\nleaderboard: {report['paths'][1]}")
+    print(f"\nleaderboard: {report['paths'][1]}; results page: {report['page']}")
 
 
 def cmd_perf(args):
@@ -79,10 +89,14 @@ def main(argv=None):
                      "their options: --set slurm.partition=gpu, --set ray.address=auto, ...")
     run.add_argument("--threads", type=int, default=1, help="torch threads per run")
     run.add_argument("--workers", type=int, default=None, help="parallel runs (default: cores // threads)")
+    run.add_argument("--log", default=None, metavar="NAMES",
+                     help="experiment loggers, comma-separated: tensorboard, wandb (offline), mlflow (local store), jsonl")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field (lr=3e-4) or a method hyper-parameter (adapter.reduction=8)")
     rep = sub.add_parser("report", help="write leaderboard tables and figures from finished runs")
     rep.add_argument("--out", default="results")
+    rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="figure_width=3.3 (one-column paper figures) or 7 (two-column, the default)")
     perf = sub.add_parser("perf", help="measure the harness: overhead vs a bare loop, vs Avalanche, caches, leaderboard time")
     perf.add_argument("--sequence", default="default")
     perf.add_argument("--backbone", default="default")

@@ -1,9 +1,10 @@
 """Name -> object registries filled by decorators; modules are imported lazily on first lookup.
 
-Out-of-tree methods, tasks and backbones are plugins: modules (or .py files) named in the
-environment variable MMCL_PLUGINS (comma-separated), imported before the first lookup in every
-process (the CLI, local workers, Slurm jobs and Ray tasks inherit the variable), where they
-register themselves with the same decorators. Nothing else imports code named by a user: sequence
+Out-of-tree methods, tasks and backbones are plugins, imported before the first lookup in every
+process, where they register themselves with the same decorators: the modules named by installed
+packages in the entry-point group `mmcl_bench.plugins` (what users of pytest or lm-evaluation-harness
+expect), and modules (or .py files) named in the environment variable MMCL_PLUGINS (comma-separated;
+the CLI, local workers, Slurm jobs and Ray tasks inherit it). Nothing else imports code named by a user: sequence
 files and --set values are data."""
 import importlib
 import importlib.util
@@ -15,9 +16,26 @@ from pathlib import Path
 from bench.errors import BenchError, did_you_mean
 
 PLUGINS_ENV = "MMCL_PLUGINS"
+ENTRY_POINT_GROUP = "mmcl_bench.plugins"
 
 
 def import_plugins() -> None:
+    import_entry_point_plugins()
+    import_env_plugins()
+
+
+def import_entry_point_plugins() -> None:
+    from importlib.metadata import entry_points
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except ImportError as e:
+            dist = ep.dist.name if ep.dist else "an installed package"
+            raise BenchError(f"entry point '{ep.name} = {ep.value}' of {dist} ({ENTRY_POINT_GROUP}): "
+                             f"cannot import it ({e})") from None
+
+
+def import_env_plugins() -> None:
     for entry in filter(None, (e.strip() for e in os.environ.get(PLUGINS_ENV, "").split(","))):
         if entry.endswith(".py"):
             path = Path(entry).expanduser().resolve()

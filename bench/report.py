@@ -1,5 +1,7 @@
-"""Leaderboard tables (CSV, Markdown, LaTeX; mean ± std over seeds) and figures (PNG + PDF)
-from every finished run in a results directory."""
+"""Leaderboard tables (CSV, Markdown, LaTeX; mean ± std over seeds), figures (PNG + PDF) and the
+results page (results/index.html) from every finished run in a results directory."""
+import dataclasses
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,28 @@ COLUMNS = [  # (column, label, higher is better)
     ("forgetting", "Forgetting", False), ("climb_forgetting_mean", "CLiMB forg.", False),
     ("transfer_mean", "Transfer", True),
 ]
+# CLiMB phase II (metrics.json "downstream"): a column group of one score per downstream task
+# (`down:<task>`) and their mean transfer
+DOWN_PREFIX = "down:"
+DOWN_TRANSFER = "down_transfer"
+
+
+@dataclasses.dataclass
+class ReportOptions:
+    figure_width: float = 7.0  # inches: 3.3 for a one-column figure, 7 for a two-column one
+
+    @classmethod
+    def from_sets(cls, sets: list[tuple[str, str]]) -> tuple["ReportOptions", list[tuple[str, str]]]:
+        """(the report's options, the other --set pairs): `--set figure_width=3.3` goes to the
+        report, everything else to the runs."""
+        from bench.config import _coerce
+        hints = typing.get_type_hints(cls)
+        mine = {k: _coerce(k, raw, hints[k]) for k, raw in sets if k in hints}
+        options = cls(**mine)
+        if not 2 <= options.figure_width <= 20:
+            raise BenchError(f"bad figure_width={options.figure_width}: must be inches from 2 to 20 "
+                             "(3.3 for one column, 7 for two)")
+        return options, [(k, raw) for k, raw in sets if k not in hints]
 
 
 def runs_frame(runs: list[dict]) -> pd.DataFrame:
@@ -23,12 +47,24 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
         row.update({"trainable": float(np.mean(r["params"]["trainable_per_task"])), "stored": r["params"]["stored"],
                     "inference": r["params"]["inference"], "train_s": sum(r["time"]["train_s_per_task"]),
                     "total_s": r["time"]["total_s"]})
+        down = r.get("downstream") or []
+        row.update({f"{DOWN_PREFIX}{d['task']}": d["score"] for d in down})
+        transfers = [d["transfer"] for d in down if d.get("transfer") is not None]
+        if down:
+            row[DOWN_TRANSFER] = float(np.mean(transfers)) if transfers else None
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def downstream_keys(frame: pd.DataFrame) -> list[str]:
+    """The downstream columns present (`down:<task>`, then the mean transfer), in first-seen order."""
+    keys = [c for c in frame.columns if c.startswith(DOWN_PREFIX) and not c.endswith(("_mean", "_std"))]
+    keys = keys or list(dict.fromkeys(c[:-5] for c in frame.columns if c.startswith(DOWN_PREFIX) and c.endswith("_mean")))
+    return keys + ([DOWN_TRANSFER] if keys else [])
+
+
 def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
-    metrics = [k for k, _, _ in COLUMNS]
+    metrics = [k for k, _, _ in COLUMNS] + downstream_keys(df)
     g = df.groupby(["sequence", "backbone", "method"], sort=False)
     table = g[metrics].agg(["mean", "std"])
     table.columns = [f"{a}_{b}" for a, b in table.columns]
@@ -38,22 +74,40 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index().sort_values(["sequence", "backbone", "final_avg_mean"], ascending=[True, True, False])
 
 
-def _pm(mean, std, n):
+def cell(row, key: str) -> str:
+    """`mean ± std` over seeds, or `mean [low, high]` where the table has a confidence interval
+    (`<key>_ci_low`, `<key>_ci_high` columns), `–` where the metric is undefined."""
+    mean, std, n = row[f"{key}_mean"], row.get(f"{key}_std"), row["n"]
     if pd.isna(mean):
         return "–"
+    low, high = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
+    if low is not None and high is not None and not (pd.isna(low) or pd.isna(high)):
+        return f"{mean:.1f} [{low:.1f}, {high:.1f}]"
     return f"{mean:.1f}" if n < 2 or pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
+
+
+def metric_columns(table: pd.DataFrame) -> list[tuple[str, str, bool, str]]:
+    """(key, label, higher is better, column group) of every score column the table has."""
+    cols = [(k, label, higher, "") for k, label, higher in COLUMNS]
+    for key in downstream_keys(table):
+        label = "DS transfer" if key == DOWN_TRANSFER else f"DS {key[len(DOWN_PREFIX):]}"
+        cols.append((key, label, True, "Downstream (CLiMB phase II)"))
+    return cols
 
 
 def _human(n):
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
+COST_COLUMNS = [("trainable", "Trainable/task"), ("stored", "Stored"), ("inference", "Inference"), ("train_s", "Train s")]
+
+
 def pretty(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"Method": table["method"]})
     if table["sequence"].nunique() > 1 or table["backbone"].nunique() > 1:
         out.insert(0, "Setting", table["sequence"] + " / " + table["backbone"])
-    for k, label, _ in COLUMNS:
-        out[label] = [_pm(m, s, n) for m, s, n in zip(table[f"{k}_mean"], table[f"{k}_std"], table["n"])]
+    for k, label, _, _ in metric_columns(table):
+        out[label] = [cell(row, k) for _, row in table.iterrows()]
     out["Trainable/task"] = table["trainable"].map(_human)
     out["Stored"] = table["stored"].map(_human)
     out["Inference"] = table["inference"].map(_human)
@@ -62,12 +116,44 @@ def pretty(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _number(v):
+    return None if v is None or pd.isna(v) else float(v)
+
+
+def sortable_rows(table: pd.DataFrame) -> dict:
+    """The results page's table: header cells (label, column group, best-first direction) and rows
+    of cells (text as shown, value to sort by)."""
+    nice = pretty(table)
+    # a setting without downstream tasks shows no empty downstream group
+    metrics = [m for m in metric_columns(table) if not (m[3] and table[f"{m[0]}_mean"].isna().all())]
+    header = [{"label": "Method", "group": "", "dir": "asc", "kind": "text"}]
+    header += [{"label": label, "group": group, "dir": "desc" if higher else "asc", "kind": "number"}
+               for _, label, higher, group in metrics]
+    header += [{"label": label, "group": "Cost", "dir": "asc", "kind": "number"} for _, label in COST_COLUMNS]
+    header += [{"label": "n", "group": "", "dir": "desc", "kind": "number"}]
+    rows = []
+    for (_, row), (_, shown) in zip(table.iterrows(), nice.iterrows()):
+        cells = [{"text": row["method"], "sort": row["method"]}]
+        cells += [{"text": cell(row, key), "sort": _number(row[f"{key}_mean"])} for key, _, _, _ in metrics]
+        cells += [{"text": shown[label], "sort": _number(row[key])} for key, label in COST_COLUMNS]
+        cells += [{"text": str(row["n"]), "sort": float(row["n"])}]
+        rows.append(cells)
+    groups = []  # (group label, colspan) over the header, for the column-group row
+    for h in header:
+        if groups and groups[-1][0] == h["group"]:
+            groups[-1][1] += 1
+        else:
+            groups.append([h["group"], 1])
+    return {"header": header, "rows": rows, "groups": groups}
+
+
 def failed_runs(out) -> list[tuple[str, str]]:
     root = runs_dir(out)
     return [(d.name, (d / "FAILED").read_text().strip()) for d in sorted(root.glob("*")) if (d / "FAILED").exists()] if root.exists() else []
 
 
-def write_report(out="results") -> dict:
+def write_report(out="results", options: ReportOptions | None = None) -> dict:
+    options = options or ReportOptions()
     out = Path(out)
     runs = finished_runs(out)
     if not runs:
@@ -83,9 +169,13 @@ def write_report(out="results") -> dict:
     write_text(out / "leaderboard.md", md + "\n")
     write_text(out / "leaderboard.tex", nice.to_latex(index=False, escape=True).replace("±", r"$\pm$"))
     from bench.figures import write_figures
-    figures = write_figures(runs, table, out / "figures")
+    scores = [k for k in downstream_keys(table) if k != DOWN_TRANSFER]
+    figures = write_figures(runs, table, out / "figures", options.figure_width, scores)
+    from bench.results_page import write_results_page
+    leaderboards = {setting: sortable_rows(part) for setting, part in table.groupby(["sequence", "backbone"])}
+    page = write_results_page(out, runs, leaderboards, failed, [(label, key) for key, label, _ in COLUMNS])
     return {"table": nice, "paths": [out / "leaderboard.csv", out / "leaderboard.md", out / "leaderboard.tex"],
-            "figures": figures, "failed": failed}
+            "figures": figures, "failed": failed, "page": page}
 
 
 def _markdown(df: pd.DataFrame) -> str:

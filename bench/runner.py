@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bench import metrics
+from bench import loggers, metrics
 from bench.backbones import build_backbone
 from bench.cache import default_cache_dir
 from bench.config import RunConfig, data_plans, plan_tasks, resolve
@@ -140,7 +140,8 @@ def execute_run(cfg: RunConfig, out, *, device: str = "auto", threads: int | Non
             (run_dir / "DONE").unlink()
         remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.identity())
-        return _execute(cfg, run_dir, device, cache_dir, log, cache_prefix, reuse_stages, reuse_scores, compile)
+        with loggers.for_run(cfg.run_id, run_dir, cfg.identity(), lambda: provenance(cfg, device)):
+            return _execute(cfg, run_dir, device, cache_dir, log, cache_prefix, reuse_stages, reuse_scores, compile)
 
 
 def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
@@ -214,6 +215,8 @@ class Run:
             progress["trainable"] += [trainable] * len(group)
             progress["fit"] += stage_costs
             state.save()
+            if loggers.active():
+                loggers.active().on_task(i, [t.name for t in tasks], row, train_s)
             self.log(f"[{cfg.run_id}] task {i + 1}/{T} {'+'.join(tasks[t].name for t in group)}: "
                      + " ".join("-" if v is None else f"{v:.1f}" for v in row) + f"  ({train_s:.1f}s)")
 
@@ -375,5 +378,7 @@ def finish(cfg, run_dir, progress, tasks, method, device, total_s) -> dict:
     if progress.get("downstream"):
         result["downstream"] = downstream_transfer(cfg, run_dir, progress["downstream"])
     write_json(run_dir / "metrics.json", result)
+    if loggers.active():
+        loggers.active().on_finish(result)
     write_text(run_dir / "DONE", cfg.run_id + "\n")
     return result

@@ -1,5 +1,7 @@
 """A suite: methods x seeds on one sequence/backbone. Plans run configs (adding the single-task
 references that transfer needs, run first), and executes them through an executor."""
+import threading
+import time
 import typing
 from dataclasses import dataclass
 
@@ -114,11 +116,56 @@ def run_suite(methods: list[str], seeds: list[int], sets: list[tuple[str, str]],
     opts = ExecOptions.from_sets(sets, out=out, threads=threads, workers=workers, rerun=rerun)
     runner = make_executor(executor, opts, executor_options)
     return execute_suite(plan(methods, seeds, sets, opts.device, **base), runner)
+class SuiteProgress:
+    """One bar for the whole suite (runs finished / total, with tqdm's rate and ETA), above the
+    per-run bars. It reads the results store every `interval` seconds: a run counts once it has
+    its DONE marker or a FAILED file written since the suite started, so the bar moves whichever
+    executor runs the suite (a local pool, Slurm jobs, Ray tasks)."""
+
+    def __init__(self, out, run_ids: list[str], done: int, interval: float = 2.0, **bar):
+        from tqdm import tqdm
+        self.dirs = [runs_dir(out) / rid for rid in run_ids]
+        self.started = time.time()
+        self.interval = interval
+        self.bar = tqdm(total=done + len(run_ids), initial=done, desc="suite", unit="run", position=0,
+                        disable=bar.pop("disable", None), **bar)
+        self.done = done
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def finished(self) -> int:
+        """Runs of this suite finished so far (done, or failed during this suite)."""
+        return sum(1 for d in self.dirs if is_done(d) or self._failed_now(d))
+
+    def _failed_now(self, run_dir) -> bool:
+        try:
+            return (run_dir / "FAILED").stat().st_mtime >= self.started - 1
+        except OSError:
+            return False
+
+    def update(self) -> None:
+        count = self.done + self.finished()
+        self.bar.update(count - self.bar.n)
+
+    def _watch(self):
+        while not self._stop.wait(self.interval):
+            self.update()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.update()
+        self.bar.close()
 
 
 def execute_suite(waves: list[list[RunConfig]], executor) -> list:
     """Check the output directory and the data, then send the runs not yet done through
-    `executor` (a `bench.executors.Executor`); returns one Outcome per run."""
+    `executor` (a `bench.executors.Executor`) under one suite-level progress bar; returns one
+    Outcome per run."""
     from bench.executors import Outcome
     out = executor.opts.out
     check_writable(out)
@@ -127,4 +174,5 @@ def execute_suite(waves: list[list[RunConfig]], executor) -> list:
     finished = {o.run_id for o in done}
     todo = [[c for c in wave if c.run_id not in finished] for wave in waves]
     check_data(todo)
-    return done + executor.run([wave for wave in todo if wave])
+    with SuiteProgress(out, [c.run_id for wave in todo for c in wave], len(done)):
+        return done + executor.run([wave for wave in todo if wave])

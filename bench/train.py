@@ -5,6 +5,7 @@ import math
 import torch
 from tqdm import tqdm
 
+from bench import loggers
 from bench.errors import BenchError
 from bench.evaluate import score
 from bench.method import Method
@@ -88,6 +89,7 @@ def fit(method, ctx, train: dict, val: dict, *, steps: int, cfg, desc: str = "")
     best, best_step, best_state = -math.inf, 0, None
     bad = None  # non-finite loss seen; stays on the device: no host sync per step, checked at val checks
     device_type = params[0].device.type
+    run_log = loggers.active()  # None when no logger is on: the loop then reads nothing per step
     method.net.train()
     batches = _batches(train, cfg.batch_size, generator)
     for step in tqdm(range(1, steps + 1), desc=desc, leave=False, disable=None, mininterval=2):
@@ -105,6 +107,8 @@ def fit(method, ctx, train: dict, val: dict, *, steps: int, cfg, desc: str = "")
             method.after_backward(ctx, opt.param_groups)
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
+        if run_log is not None:  # the loss stays on the device until the task's end (bench/loggers.py)
+            run_log.on_step(loss, opt.param_groups[0]["lr"])
         sched.step()
         method.after_step(ctx)
         if step in checks:

@@ -1,8 +1,8 @@
 """Reading the files real datasets ship: the base class of file-backed tasks, readers that name
 the first bad file and line, an index of image files by id, and local Hugging Face `datasets`
-files (parquet / json / jsonl / csv / `save_to_disk` arrow). Not a task module (leading underscore:
+files (parquet / json / jsonl / csv / `save_to_disk` arrow, read by `datasets`), or a task's hub
+dataset from the local Hugging Face cache. Not a task module (leading underscore:
 the task registry does not import it by itself)."""
-import csv
 import io
 import json
 import os
@@ -28,6 +28,7 @@ class FileTask(Task):
 
     dirs: tuple = ()
     layout: str = ""
+    hub_id: str | None = None  # a Hugging Face hub dataset read from the local cache when no data_root is given
 
     def __post_init__(self):
         if self.labels:  # otherwise the label space (and chance) is read from data_root in `prepare`
@@ -37,7 +38,10 @@ class FileTask(Task):
         return BenchError(f"task '{self.name}': {message} (expected layout: {self.layout})")
 
     def folder(self, data_root) -> Path:
-        """The dataset's folder under data_root."""
+        """The dataset's folder under data_root; without data_root, the task's hub dataset
+        (`hub_id`) from the local Hugging Face cache."""
+        if not data_root and self.hub_id:
+            return cached_hub_dataset(self, self.hub_id)
         if not data_root:
             raise self.error("reads the dataset's files: pass --set data_root=<dir>")
         root = Path(data_root).expanduser()
@@ -132,41 +136,60 @@ class FileTask(Task):
     # -- local Hugging Face `datasets` files ---------------------------------------------
     def hf_records(self, folder: Path, split: str):
         """(where, record) rows of split `split` from local Hugging Face dataset files under
-        folder: `<split>-*.parquet` / `<split>.{parquet,jsonl,json,csv}` (hub downloads, any depth)
-        or a `save_to_disk` directory `<split>/*.arrow`. None when there is no such file."""
+        folder, read by `datasets`: `<split>-*.parquet` / `<split>.{parquet,jsonl,json,csv}` (hub
+        downloads, any depth) or a `save_to_disk` directory `<split>/*.arrow`. None when there is
+        no such file."""
         files = hf_split_files(folder, split)
         if not files:
             return None
-        return self._hf_rows(files)
+        return (row for path in files for row in self._hf_rows(path))
 
-    def _hf_rows(self, files):
-        for path in files:
-            suffix = path.suffix.lower()
-            if suffix == ".csv":
-                with open(path, encoding="utf-8", newline="") as f:
-                    for n, row in enumerate(csv.DictReader(f), 2):
-                        yield f"{path} line {n}", row
-            elif suffix in (".jsonl", ".json"):
-                yield from ((f"{path} line {n}", r) for n, r in self._json_rows(path))
-            else:
-                for n, row in enumerate(_arrow_rows(path, self), 1):
-                    yield f"{path} row {n}", row
+    def _hf_rows(self, path: Path):
+        suffix = path.suffix.lower()
+        first = 2 if suffix == ".csv" else 1  # CSV rows start on line 2, after the header
+        unit = "line" if suffix in (".csv", ".jsonl", ".json") else "row"
+        for n, row in enumerate(self._hf_dataset(path)):
+            yield f"{path} {unit} {n + first}", row
 
-    def _json_rows(self, path: Path):
-        """JSON lines (what `datasets` writes), or one JSON array / {"data": [...]} document."""
-        with open(path, encoding="utf-8") as f:
-            first = f.readline()
+    def _hf_dataset(self, path: Path):
+        import datasets
+        datasets.disable_progress_bars()  # one bar per file read would drown the suite's
+        suffix = path.suffix.lower().lstrip(".")
         try:
-            lines = isinstance(json.loads(first), dict)
-        except json.JSONDecodeError:
-            lines = False
-        if lines:
-            return self.jsonl(path)
-        doc = self.read_json(path)
-        rows = doc.get("data") if isinstance(doc, dict) else doc
-        if not isinstance(rows, list):
-            raise self.error(f"{path}: expected JSON lines or a list of records")
-        return enumerate(rows, 1)
+            if suffix == "arrow" and (path.parent / "state.json").exists():
+                return datasets.load_from_disk(str(path.parent))  # a save_to_disk split
+            builder = {"jsonl": "json"}.get(suffix, suffix)
+            options = {"field": "data"} if builder == "json" and _json_document_with_data(path) else {}
+            return datasets.load_dataset(builder, data_files=[str(path)], split="train", **options)
+        except Exception as e:  # datasets wraps pyarrow / pandas / json errors in several types
+            message = str(e.__cause__ or e).strip().splitlines() or [type(e).__name__]
+            raise self.error(f"{path}: unreadable ({message[0]})") from None
+
+
+def _json_document_with_data(path: Path) -> bool:
+    """A JSON document {"data": [...]} (SQuAD-style) rather than JSON lines or a list of records."""
+    with open(path, encoding="utf-8") as f:
+        head = f.read(4096).lstrip()
+    if not head.startswith("{"):
+        return False
+    try:
+        json.loads(head.splitlines()[0])
+        return False  # the first line is a whole object: JSON lines
+    except json.JSONDecodeError:
+        return '"data"' in head
+
+
+def cached_hub_dataset(task: "FileTask", repo_id: str) -> Path:
+    """The local snapshot of hub dataset `repo_id` in the Hugging Face cache (what `hf download
+    --repo-type dataset` leaves there); nothing is fetched."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset", local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise task.error(f"no data_root given and the hub dataset '{repo_id}' is not in the local Hugging Face "
+                         f"cache; pass --set data_root=<dir>, or fetch it once on a machine with access: "
+                         f"hf download --repo-type dataset {repo_id}") from None
 
 
 def _kind_name(kind) -> str:
@@ -193,26 +216,6 @@ def hf_split_files(folder: Path, split: str) -> list[Path]:
             if pattern.match(fn) or (in_split_dir and fn.endswith(".arrow")):
                 found.append(Path(dirpath) / fn)
     return found
-
-
-def _arrow_rows(path: Path, task: FileTask):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    try:
-        if path.suffix.lower() == ".parquet":
-            pf = pq.ParquetFile(path)
-            for batch in pf.iter_batches(batch_size=4096):
-                yield from batch.to_pylist()
-            return
-        with pa.memory_map(str(path)) as source:  # save_to_disk writes Arrow IPC streams
-            try:
-                reader = pa.ipc.open_stream(source)
-            except pa.ArrowInvalid:
-                reader = pa.ipc.open_file(source)
-            for batch in reader:
-                yield from batch.to_pylist()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise task.error(f"{path}: unreadable ({str(e).splitlines()[0]})") from None
 
 
 # -- image files --------------------------------------------------------------------------

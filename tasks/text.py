@@ -55,6 +55,7 @@ class TextTask(FileTask):
 
 class IMDb(TextTask):
     dirs = ("imdb", "IMDb", "aclImdb")
+    hub_id = "stanfordnlp/imdb"
     hf_test = "test"
     official_layout = "<data_root>/imdb/[aclImdb/]<train|test>/<neg|pos>/<id>_<rating>.txt"
     hf_columns = "text, label (0 neg, 1 pos)"
@@ -74,6 +75,7 @@ class IMDb(TextTask):
 
 class SST2(TextTask):
     dirs = ("sst2", "SST-2", "sst-2", "glue_sst2")
+    hub_id = "stanfordnlp/sst2"
     official_layout = "GLUE's <data_root>/sst2/[SST-2/]<train|dev>.tsv (sentence<TAB>label)"
     hf_columns = "sentence, label"
     text_column = "sentence"
@@ -133,6 +135,7 @@ class HellaSwag(TextTask):
 
 class CommonsenseQA(TextTask):
     dirs = ("commonsenseqa", "commonsense_qa", "CommonsenseQA", "csqa")
+    hub_id = "tau/commonsense_qa"
     official_layout = "<data_root>/commonsenseqa/<train|dev>_rand_split.jsonl (question.stem, question.choices, answerKey)"
     hf_columns = "question, choices {label, text}, answerKey"
 

@@ -48,6 +48,10 @@ def no_ray(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
 
 
+def no_wandb(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+
+
 def no_sbatch(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
 
@@ -124,6 +128,14 @@ CASES = [
      "cannot write {out}/runs/default-single_task-s0-", {}, full_disk_at_checkpoint),
     ("ray not installed", [*QUICK, "--methods", "frozen", "--executor", "ray"],
      "executor 'ray' needs the ray package", {}, no_ray),
+    ("logger package not installed", [*QUICK, "--log", "wandb"],
+     "--log wandb needs the package 'wandb': pip install 'mmcl-bench[loggers]'", {}, no_wandb),
+    ("unknown logger", [*QUICK, "--log", "tensorbord"], "unknown logger 'tensorbord'; did you mean 'tensorboard'?", {},
+     None),
+    ("figure width out of range", [*QUICK, "--set", "figure_width=100"],
+     "bad figure_width=100.0: must be inches from 2 to 20 (3.3 for one column, 7 for two)", {}, None),
+    ("unknown report --set key", ["report", "--set", "figure_widht=3"],
+     "unknown report --set key 'figure_widht'; did you mean 'figure_width'?", {}, None),
     ("slurm executor without Slurm", [*QUICK, "--methods", "frozen", "--executor", "slurm"],
      "executor 'slurm': no Slurm on this machine (sbatch/srun not found)", {}, no_sbatch),
     ("report without runs", ["report"], "no finished runs under {out}/runs", {}, None),
