@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# A real one-node Slurm cluster on this host, for the engine tests and for trying --executor slurm:
+# munged, slurmctld and slurmd from Debian's slurm-wlm, all state under one directory, loopback only.
+#   scripts/slurm-cluster.sh start DIR   installs slurm-wlm if missing (root, apt), starts the daemons,
+#                                        waits until `sinfo` shows the node idle, prints SLURM_CONF=DIR/slurm.conf
+#   scripts/slurm-cluster.sh stop DIR    stops what `start DIR` started (by the pids it wrote) and waits for it
+# Clients find the cluster through SLURM_CONF (export it); nothing in /etc is changed. The node has 2
+# CPUs, one partition `debug` (default, no time limit), job arrays, and requeue allowed.
+set -euo pipefail
+
+cmd=${1:-}; dir=${2:-}
+[[ ( $cmd == start || $cmd == stop ) && -n $dir ]] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+
+stop() {
+    local pids=() f
+    for f in "$dir"/slurmd.pid "$dir"/slurmctld.pid "$dir"/munged.pid; do
+        [[ -s $f ]] && pids+=("$(cat "$f")")
+    done
+    [[ ${#pids[@]} -gt 0 ]] || return 0
+    kill "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq 100); do  # the daemons exit within a second or two; SIGKILL whatever has not after 10 s
+        kill -0 "${pids[@]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -9 "${pids[@]}" 2>/dev/null || true
+    rm -f "$dir"/slurmd.pid "$dir"/slurmctld.pid "$dir"/munged.pid
+}
+
+if [[ $cmd == stop ]]; then
+    # jobs still running: slurmd's job steps (slurmstepd) outlive slurmd, so cancel them first
+    if [[ -s $dir/slurmctld.pid ]] && kill -0 "$(cat "$dir/slurmctld.pid")" 2>/dev/null; then
+        SLURM_CONF=$dir/slurm.conf scancel --full --quiet --user="$(id -un)" 2>/dev/null || true
+        for _ in $(seq 100); do
+            [[ -z $(SLURM_CONF=$dir/slurm.conf squeue -h -t running,completing 2>/dev/null) ]] && break
+            sleep 0.1
+        done
+    fi
+    stop
+    exit 0
+fi
+
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+    [[ $(id -u) == 0 ]] || { echo "slurm-wlm is not installed and installing it needs root: apt-get install slurm-wlm" >&2; exit 1; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >"$dir/apt.log" 2>&1 \
+        || { apt-get update -q >>"$dir/apt.log" 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >>"$dir/apt.log" 2>&1; } \
+        || { echo "could not install slurm-wlm (see $dir/apt.log)" >&2; exit 1; }
+fi
+stop  # a previous start of the same DIR
+
+host=$(hostname -s)
+user=$(id -un)
+port=${SLURM_TEST_PORT:-16817}  # slurmctld; slurmd listens on port+1
+mem=$(awk '/MemTotal/ {print int($2 / 1024 / 2)}' /proc/meminfo)  # MB a job may ask for: half the host
+mkdir -p "$dir/munge" "$dir/ctld" "$dir/spool"
+chmod 700 "$dir" "$dir/munge"
+[[ -s $dir/munge/munge.key ]] || { head -c 1024 /dev/urandom >"$dir/munge/munge.key"; chmod 400 "$dir/munge/munge.key"; }
+# cred_expire=5: a requeued job waits cred_expire seconds before it starts again (default 120)
+cat >"$dir/slurm.conf" <<CONF
+ClusterName=mmcl
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=$port
+SlurmdPort=$((port + 1))
+SlurmUser=$user
+SlurmdUser=$user
+AuthType=auth/munge
+AuthInfo=socket=$dir/munge/munge.socket,cred_expire=5
+CredType=cred/munge
+StateSaveLocation=$dir/ctld
+SlurmdSpoolDir=$dir/spool
+SlurmctldPidFile=$dir/slurmctld.pid
+SlurmdPidFile=$dir/slurmd.pid
+SlurmctldLogFile=$dir/slurmctld.log
+SlurmdLogFile=$dir/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MpiDefault=none
+SwitchType=switch/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=1,bf_interval=1
+JobRequeue=1
+MaxArraySize=1001
+ReturnToService=2
+MinJobAge=600
+KillWait=5
+PlugStackConfig=$dir/plugstack.conf
+NodeName=$host NodeAddr=127.0.0.1 CPUs=2 RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+CONF
+: >"$dir/plugstack.conf"
+export SLURM_CONF=$dir/slurm.conf
+
+munged --force --socket="$dir/munge/munge.socket" --key-file="$dir/munge/munge.key" --pid-file="$dir/munged.pid" \
+    --log-file="$dir/munged.log" --seed-file="$dir/munge/munge.seed"
+slurmctld -c -f "$SLURM_CONF"   # -c: no jobs from an earlier cluster in DIR
+slurmd -f "$SLURM_CONF"
+for _ in $(seq 300); do  # up to 30 s
+    state=$(sinfo -h -N -o %t 2>/dev/null || true)
+    [[ $state == idle ]] && { echo "SLURM_CONF=$SLURM_CONF"; exit 0; }
+    sleep 0.1
+done
+echo "Slurm did not come up (sinfo: '${state:-no answer}'); logs in $dir" >&2
+tail -n 5 "$dir"/slurmctld.log "$dir"/slurmd.log >&2 || true
+stop
+exit 1
