@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real one-node Slurm cluster on this host, for the engine tests and for trying --executor slurm:
-# munged, slurmctld and slurmd from Debian's slurm-wlm, all state under one directory, loopback only.
-#   scripts/slurm-cluster.sh start DIR   installs slurm-wlm if missing (root, apt), starts the daemons,
+# munged, a MariaDB for the accounting (sacct: submitit reads job states from it), slurmdbd, slurmctld
+# and slurmd, from Debian's packages, all state under one directory, loopback only.
+#   scripts/slurm-cluster.sh start DIR   installs the packages if missing (root, apt), starts the daemons from an empty state,
 #                                        waits until `sinfo` shows the node idle, prints SLURM_CONF=DIR/slurm.conf
 #   scripts/slurm-cluster.sh stop DIR    stops what `start DIR` started (by the pids it wrote) and waits for it
 # Clients find the cluster through SLURM_CONF (export it); nothing in /etc is changed. The node has 2
@@ -15,7 +16,7 @@ dir=$(cd "$dir" && pwd)
 
 stop() {
     local pids=() f
-    for f in "$dir"/slurmd.pid "$dir"/slurmctld.pid "$dir"/munged.pid; do
+    for f in "$dir"/slurmd.pid "$dir"/slurmctld.pid "$dir"/slurmdbd.pid "$dir"/mariadbd.pid "$dir"/munged.pid; do
         [[ -s $f ]] && pids+=("$(cat "$f")")
     done
     [[ ${#pids[@]} -gt 0 ]] || return 0
@@ -25,7 +26,7 @@ stop() {
         sleep 0.1
     done
     kill -9 "${pids[@]}" 2>/dev/null || true
-    rm -f "$dir"/slurmd.pid "$dir"/slurmctld.pid "$dir"/munged.pid
+    rm -f "$dir"/slurmd.pid "$dir"/slurmctld.pid "$dir"/slurmdbd.pid "$dir"/mariadbd.pid "$dir"/munged.pid
 }
 
 if [[ $cmd == stop ]]; then
@@ -41,11 +42,13 @@ if [[ $cmd == stop ]]; then
     exit 0
 fi
 
-if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
-    [[ $(id -u) == 0 ]] || { echo "slurm-wlm is not installed and installing it needs root: apt-get install slurm-wlm" >&2; exit 1; }
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >"$dir/apt.log" 2>&1 \
-        || { apt-get update -q >>"$dir/apt.log" 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >>"$dir/apt.log" 2>&1; } \
-        || { echo "could not install slurm-wlm (see $dir/apt.log)" >&2; exit 1; }
+packages="slurm-wlm slurmdbd munge mariadb-server"
+if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null || ! command -v munged >/dev/null \
+        || ! command -v mariadbd >/dev/null; then
+    [[ $(id -u) == 0 ]] || { echo "Slurm is not installed and installing it needs root: apt-get install $packages" >&2; exit 1; }
+    install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q $packages >>"$dir/apt.log" 2>&1; }
+    install || { apt-get update -q >>"$dir/apt.log" 2>&1 && install; } \
+        || { echo "could not install $packages (see $dir/apt.log)" >&2; exit 1; }
 fi
 stop  # a previous start of the same DIR
 
@@ -53,6 +56,7 @@ host=$(hostname -s)
 user=$(id -un)
 port=${SLURM_TEST_PORT:-16817}  # slurmctld; slurmd listens on port+1
 mem=$(awk '/MemTotal/ {print int($2 / 1024 / 2)}' /proc/meminfo)  # MB a job may ask for: half the host
+rm -rf "$dir/ctld" "$dir/spool" "$dir/db"  # an empty state: job ids from 1 in slurmctld and in the accounting
 mkdir -p "$dir/munge" "$dir/ctld" "$dir/spool"
 chmod 700 "$dir" "$dir/munge"
 [[ -s $dir/munge/munge.key ]] || { head -c 1024 /dev/urandom >"$dir/munge/munge.key"; chmod 400 "$dir/munge/munge.key"; }
@@ -76,7 +80,10 @@ SlurmdLogFile=$dir/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=$((port + 2))
+AccountingStoragePass=$dir/munge/munge.socket
 JobCompType=jobcomp/none
 MpiDefault=none
 SwitchType=switch/none
@@ -94,13 +101,36 @@ NodeName=$host NodeAddr=127.0.0.1 CPUs=2 RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
 : >"$dir/plugstack.conf"
+cat >"$dir/slurmdbd.conf" <<CONF
+AuthType=auth/munge
+AuthInfo=socket=$dir/munge/munge.socket
+DbdHost=$host
+DbdAddr=127.0.0.1
+DbdPort=$((port + 2))
+SlurmUser=$user
+PidFile=$dir/slurmdbd.pid
+LogFile=$dir/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=$user
+StorageLoc=slurm_acct_db
+CONF
+chmod 600 "$dir/slurmdbd.conf"
 export SLURM_CONF=$dir/slurm.conf
+export MYSQL_UNIX_PORT=$dir/db.sock  # slurmdbd reaches MariaDB through this socket (no TCP port)
 
 munged --force --socket="$dir/munge/munge.socket" --key-file="$dir/munge/munge.key" --pid-file="$dir/munged.pid" \
     --log-file="$dir/munged.log" --seed-file="$dir/munge/munge.seed"
+mariadb-install-db --no-defaults --user="$user" --datadir="$dir/db" --auth-root-authentication-method=normal \
+    --skip-test-db >"$dir/mariadb-install.log" 2>&1 || { echo "mariadb-install-db failed (see $dir/mariadb-install.log)" >&2; exit 1; }
+setsid mariadbd --no-defaults --user="$user" --datadir="$dir/db" --socket="$MYSQL_UNIX_PORT" --skip-networking \
+    --pid-file="$dir/mariadbd.pid" --log-error="$dir/mariadbd.log" --innodb-buffer-pool-size=64M </dev/null >/dev/null 2>&1 &
+until [[ -S $MYSQL_UNIX_PORT ]] || (( SECONDS > 30 )); do sleep 0.1; done
+slurmdbd
+until sacctmgr -n list cluster >/dev/null 2>&1 || (( SECONDS > 45 )); do sleep 0.2; done
 slurmctld -c -f "$SLURM_CONF"   # -c: no jobs from an earlier cluster in DIR
 slurmd -f "$SLURM_CONF"
-for _ in $(seq 300); do  # up to 30 s
+until (( SECONDS > 60 )); do  # SECONDS: since the script started
     state=$(sinfo -h -N -o %t 2>/dev/null || true)
     [[ $state == idle ]] && { echo "SLURM_CONF=$SLURM_CONF"; exit 0; }
     sleep 0.1
