@@ -45,6 +45,11 @@ def cmd_report(args):
     print(f"\nleaderboard: {report['paths'][1]}")
 
 
+def cmd_status(args):
+    from bench.status import format_statuses, run_statuses
+    print(format_statuses(run_statuses(args.out)))
+
+
 def cmd_perf(args):
     from pathlib import Path
     from bench.cache import default_cache_dir
@@ -84,6 +89,8 @@ def main(argv=None):
                      help="override a config field (lr=3e-4) or a method hyper-parameter (adapter.reduction=8)")
     rep = sub.add_parser("report", help="write leaderboard tables and figures from finished runs")
     rep.add_argument("--out", default="results")
+    st = sub.add_parser("status", help="list the runs of a results directory: finished, running, failed, pending")
+    st.add_argument("--out", default="results")
     perf = sub.add_parser("perf", help="measure the harness: overhead vs a bare loop, vs Avalanche, caches, leaderboard time")
     perf.add_argument("--sequence", default="default")
     perf.add_argument("--backbone", default="default")
@@ -102,7 +109,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     from bench.errors import BenchError
     try:
-        return {"list": cmd_list, "run": cmd_run, "report": cmd_report, "perf": cmd_perf}[args.cmd](args) or 0
+        return {"list": cmd_list, "run": cmd_run, "report": cmd_report, "status": cmd_status, "perf": cmd_perf}[args.cmd](args) or 0
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -54,7 +54,7 @@ stop  # a previous start of the same DIR
 
 host=$(hostname -s)
 user=$(id -un)
-port=${SLURM_TEST_PORT:-16817}  # slurmctld; slurmd listens on port+1
+port=${SLURM_TEST_PORT:-7817}  # slurmctld; slurmd listens on port+1
 mem=$(awk '/MemTotal/ {print int($2 / 1024 / 2)}' /proc/meminfo)  # MB a job may ask for: half the host
 rm -rf "$dir/ctld" "$dir/spool" "$dir/db"  # an empty state: job ids from 1 in slurmctld and in the accounting
 mkdir -p "$dir/munge" "$dir/ctld" "$dir/spool"
