@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A two-node Ray cluster on this host, for the engine tests and for trying --executor ray: a head and
 # a second node, separate `ray start` processes with 1 CPU each, on 127.0.0.1 only.
-#   scripts/ray-cluster.sh start DIR   starts both, waits until the cluster has 2 nodes, prints RAY_ADDRESS=127.0.0.1:PORT
+#   scripts/ray-cluster.sh start DIR   starts both, waits until both are up, prints RAY_ADDRESS=127.0.0.1:PORT
 #   scripts/ray-cluster.sh stop DIR    stops both (each `ray start --block` process group, by the pids it wrote)
 #   scripts/ray-cluster.sh stop-node DIR   SIGKILLs the second node only (a node lost mid-suite)
 # It never runs `ray stop`, which would stop every Ray instance on the host. RAY (default: ray on
@@ -18,15 +18,24 @@ ray=${RAY:-$(command -v ray || echo "$(dirname "$0")/../.venv/bin/ray")}
 port=${RAY_TEST_PORT:-6479}
 export RAY_USAGE_STATS_ENABLED=0  # nothing leaves this host
 
-kill_group() {  # $1: a pid file of a `setsid ray start --block` (its process group has every process it started)
+kill_group() {  # $1: the pid file of a `setsid ray start --block`; $2: the first signal (TERM)
     [[ -s $1 ]] || return 0
-    local pgid; pgid=$(cat "$1")
-    kill "-${2:-TERM}" -- "-$pgid" 2>/dev/null || true
+    local leader pids
+    leader=$(cat "$1")
+    # its process group, and the workers its raylet started (they are in sessions of their own)
+    pids=$(ps -eo pid=,ppid=,pgid= | awk -v g="$leader" '
+        { parent[$1] = $2; group[$1] = $3 }
+        END { for (p in parent) { q = p; while (q > 1 && group[q] != g) q = parent[q]; if (q > 1) print p } }')
+    [[ -n $pids ]] || { rm -f "$1"; return 0; }
+    # shellcheck disable=SC2086
+    kill "-${2:-TERM}" $pids 2>/dev/null || true
     for _ in $(seq 50); do  # --block stops its processes on SIGTERM; SIGKILL what is left after 5 s
-        kill -0 -- "-$pgid" 2>/dev/null || break
+        # shellcheck disable=SC2086
+        kill -0 $pids 2>/dev/null || break
         sleep 0.1
     done
-    kill -KILL -- "-$pgid" 2>/dev/null || true
+    # shellcheck disable=SC2086
+    kill -KILL $pids 2>/dev/null || true
     rm -f "$1"
 }
 
@@ -48,19 +57,14 @@ ports() {  # $1: the node's offset from the GCS port
 setsid "$ray" start --head --port="$port" --include-dashboard=false --temp-dir="$dir/tmp" $(ports 0) "${common[@]}" \
     >"$dir/head.log" 2>&1 </dev/null &
 echo $! >"$dir/head.pid"
-nodes() {  # alive nodes in the cluster, 0 when it does not answer
-    RAY_ADDRESS=127.0.0.1:$port timeout 60 "$(dirname "$ray")/python" -c \
-        "import ray; ray.init(logging_level='ERROR', log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))" 2>/dev/null || echo 0
-}
+# at once: the second node retries until the head's GCS answers
+# shellcheck disable=SC2046
+setsid "$ray" start --address="127.0.0.1:$port" $(ports 150) "${common[@]}" >"$dir/node2.log" 2>&1 </dev/null &
+echo $! >"$dir/node2.pid"
 alive() { kill -0 "$(cat "$dir/$1.pid")" 2>/dev/null; }
-until "$ray" health-check --address="127.0.0.1:$port" >/dev/null 2>&1 || ! alive head || (( SECONDS > 90 )); do sleep 0.5; done
-if alive head; then
-    # shellcheck disable=SC2046
-    setsid "$ray" start --address="127.0.0.1:$port" $(ports 150) "${common[@]}" >"$dir/node2.log" 2>&1 </dev/null &
-    echo $! >"$dir/node2.pid"
-fi
-until ! alive head || ! alive node2 || [[ $(nodes) == 2 ]] || (( SECONDS > 120 )); do sleep 0.5; done
-if [[ $(nodes) == 2 ]]; then
+started() { grep -q "Ray runtime started" "$dir/$1.log" 2>/dev/null; }  # what `ray start` prints once the node is up
+until ! alive head || ! alive node2 || (started head && started node2) || (( SECONDS > 120 )); do sleep 0.2; done
+if started head && started node2; then
     echo "RAY_ADDRESS=127.0.0.1:$port"
     exit 0
 fi

@@ -25,7 +25,7 @@ from test_executors import CONFTEST, matrices, suite, toy_waves, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGINS = f"{CONFTEST},{Path(engine_plugin.__file__).resolve()}"
-PAUSE_S = "3"  # before each of tasks 2-4 in the engines' jobs
+PAUSE_S = "2"  # before each of tasks 2-4 in the engines' jobs
 
 
 def start_cluster(script: str, state_dir: Path, env: dict) -> str:
@@ -116,9 +116,8 @@ def test_slurm_job_array_gives_the_local_numbers_and_resources_and_a_cancelled_t
     waves = toy_waves(["paused_finetune"])
     waves[1] += toy_waves(["frozen"])[1]
     (ref,), (kept, cancelled) = waves
-    monkeypatch.setenv("MMCL_TEST_PAUSE_S", "0")
+    monkeypatch.setenv("MMCL_TEST_PAUSE_S", "0")  # the job is cancelled while it starts: no pause needed
     local = local_runs(tmp_path, cache_dir, waves)
-    monkeypatch.setenv("MMCL_TEST_PAUSE_S", PAUSE_S)
     out = tmp_path / "slurm"
     copy_run(local, out, ref.run_id)
     resources = {"time_min": 7, "mem_gb": 1, "cpus_per_task": 1, "additional": "{comment: mmcl-engine-test}", "poll_s": 0.5}
