@@ -5,12 +5,28 @@
 #   scripts/slurm-cluster.sh start DIR   installs the packages if missing (root, apt), starts the daemons from an empty state,
 #                                        waits until `sinfo` shows the node idle, prints SLURM_CONF=DIR/slurm.conf
 #   scripts/slurm-cluster.sh stop DIR    stops what `start DIR` started (by the pids it wrote) and waits for it
+#   scripts/slurm-cluster.sh install     only installs the packages (what CI runs first: .ci/engines.sh)
 # Clients find the cluster through SLURM_CONF (export it); nothing in /etc is changed. The node has 2
 # CPUs, one partition `debug` (default, no time limit), job arrays, and requeue allowed.
 set -euo pipefail
 
 cmd=${1:-}; dir=${2:-}
-[[ ( $cmd == start || $cmd == stop ) && -n $dir ]] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+packages="slurm-wlm slurmdbd munge mariadb-server"
+
+install_packages() {  # the Debian packages, when one of their daemons is missing (needs root)
+    command -v slurmctld >/dev/null && command -v slurmdbd >/dev/null && command -v munged >/dev/null \
+        && command -v mariadbd >/dev/null && return 0
+    [[ $(id -u) == 0 ]] || { echo "Slurm is not installed and installing it needs root: apt-get install $packages" >&2; return 1; }
+    local log=${dir:-/tmp}/apt.log
+    apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q $packages >>"$log" 2>&1; }
+    apt_install || { apt-get update -q >>"$log" 2>&1 && apt_install; } || { echo "could not install $packages (see $log)" >&2; return 1; }
+}
+
+if [[ $cmd == install ]]; then
+    install_packages
+    exit
+fi
+[[ ( $cmd == start || $cmd == stop ) && -n $dir ]] || { echo "usage: $0 start|stop DIR, or $0 install" >&2; exit 2; }
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
@@ -42,14 +58,7 @@ if [[ $cmd == stop ]]; then
     exit 0
 fi
 
-packages="slurm-wlm slurmdbd munge mariadb-server"
-if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null || ! command -v munged >/dev/null \
-        || ! command -v mariadbd >/dev/null; then
-    [[ $(id -u) == 0 ]] || { echo "Slurm is not installed and installing it needs root: apt-get install $packages" >&2; exit 1; }
-    install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q $packages >>"$dir/apt.log" 2>&1; }
-    install || { apt-get update -q >>"$dir/apt.log" 2>&1 && install; } \
-        || { echo "could not install $packages (see $dir/apt.log)" >&2; exit 1; }
-fi
+install_packages
 stop  # a previous start of the same DIR
 
 host=$(hostname -s)
