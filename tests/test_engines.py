@@ -111,13 +111,14 @@ def scontrol_job(job: str) -> dict:
     return dict(field.split("=", 1) for field in text.split() if "=" in field)
 
 
-def test_slurm_job_array_gives_the_local_numbers_and_resources_and_a_cancelled_task_is_redone(
+def test_slurm_job_array_gives_the_local_numbers_resources_preemption_and_a_cancelled_task_is_redone(
         slurm, tmp_path, cache_dir, engine_env, monkeypatch):
     waves = toy_waves(["paused_finetune"])
     waves[1] += toy_waves(["frozen"])[1]
-    (ref,), (kept, cancelled) = waves
-    monkeypatch.setenv("MMCL_TEST_PAUSE_S", "0")  # the job is cancelled while it starts: no pause needed
+    (ref,), (preempted, cancelled) = waves
+    monkeypatch.setenv("MMCL_TEST_PAUSE_S", "0")
     local = local_runs(tmp_path, cache_dir, waves)
+    monkeypatch.setenv("MMCL_TEST_PAUSE_S", PAUSE_S)
     out = tmp_path / "slurm"
     copy_run(local, out, ref.run_id)
     resources = {"time_min": 7, "mem_gb": 1, "cpus_per_task": 1, "additional": "{comment: mmcl-engine-test}", "poll_s": 0.5}
@@ -129,12 +130,17 @@ def test_slurm_job_array_gives_the_local_numbers_and_resources_and_a_cancelled_t
         job = job_of(out, cancelled.run_id)
         wait_for(lambda: scontrol_job(job)["JobState"] == "RUNNING")
         subprocess.run(["scancel", job], check=True)  # one task of the array
+        wait_for(lambda: rows_done(out, preempted.run_id) >= 1)
+        # what Slurm sends before a preemption or the time limit: submitit requeues the job itself
+        subprocess.run(["scancel", "--signal=USR2", job_of(out, preempted.run_id)], check=True)
     finally:
         driver.join(300)
     assert not driver.is_alive()
-    assert first == {ref.run_id: "done", kept.run_id: "trained", cancelled.run_id: "failed"}
+    assert first == {ref.run_id: "done", preempted.run_id: "resumed", cancelled.run_id: "failed"}
     assert "did not finish" in (runs_dir(out) / cancelled.run_id / "FAILED").read_text()
-    array = job_of(out, kept.run_id).split("_")[0]
+    log = "".join(p.read_text() for p in (out / "slurm").rglob(f"{job_of(out, preempted.run_id)}_*_log.*"))
+    assert "this job is preempted" in log and "Requeued job" in log, log
+    array = job_of(out, preempted.run_id).split("_")[0]
     assert job == f"{array}_1", "one job array for the wave"
     for task in (f"{array}_0", job):  # --set slurm.* reached both jobs of the array
         info = scontrol_job(task)
@@ -143,8 +149,8 @@ def test_slurm_job_array_gives_the_local_numbers_and_resources_and_a_cancelled_t
     assert scontrol_job(job)["JobState"] == "CANCELLED"
     # the same suite again: only the cancelled run is submitted and trained
     again = suite(out, cache_dir, waves, "slurm", poll_s=0.5)
-    assert again[ref.run_id] == again[kept.run_id] == "done" and again[cancelled.run_id] in ("trained", "resumed")
-    assert job_of(out, cancelled.run_id) != job and job_of(out, kept.run_id).startswith(array)
+    assert again[ref.run_id] == again[preempted.run_id] == "done" and again[cancelled.run_id] in ("trained", "resumed")
+    assert job_of(out, cancelled.run_id) != job and job_of(out, preempted.run_id).startswith(array)
     assert matrices(out) == matrices(local)
 
 
