@@ -8,6 +8,7 @@ before each task in the engines' jobs only, so that a job can be killed, requeue
 between tasks; their numbers are compared with the same runs made in this process without pauses."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -139,7 +140,8 @@ def test_slurm_job_array_gives_the_local_numbers_resources_preemption_and_a_canc
     assert first == {ref.run_id: "done", preempted.run_id: "resumed", cancelled.run_id: "failed"}
     assert "did not finish" in (runs_dir(out) / cancelled.run_id / "FAILED").read_text()
     log = "".join(p.read_text() for p in (out / "slurm").rglob(f"{job_of(out, preempted.run_id)}_*_log.*"))
-    assert "this job is preempted" in log and "Requeued job" in log, log
+    # submitit checkpoints and requeues on USR2 (it calls it preempted or timed-out), and the run resumes
+    assert "Caught signal SIGUSR2" in log and "Requeued job" in log and re.search(r"resuming after task [123]/4", log), log
     array = job_of(out, preempted.run_id).split("_")[0]
     assert job == f"{array}_1", "one job array for the wave"
     for task in (f"{array}_0", job):  # --set slurm.* reached both jobs of the array
