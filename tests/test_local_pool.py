@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.errors import BenchError
 from bench.executors import make_executor
 from bench.executors.ray import gpus_per_run
 from bench.status import mark_submitted, run_statuses
@@ -93,7 +94,9 @@ def test_pool_workers_share_no_gpu_setting_on_cpu_or_an_explicit_device(tmp_path
 
 
 def test_ray_asks_one_gpu_per_run_when_the_runs_use_gpus():
-    assert gpus_per_run("cuda", {"CPU": 8}) == 1
+    assert gpus_per_run("cuda", {"CPU": 8, "GPU": 2}) == 1
+    with pytest.raises(BenchError, match="no GPUs"):
+        gpus_per_run("cuda", {"CPU": 8})
     assert gpus_per_run("auto", {"CPU": 8, "GPU": 4}) == 1
     assert gpus_per_run("auto", {"CPU": 8}) == 0
     assert gpus_per_run("cpu", {"CPU": 8, "GPU": 4}) == 0

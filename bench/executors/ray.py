@@ -35,11 +35,11 @@ class RayExecutor(Executor):
         started_here = not ray.is_initialized()
         if started_here:
             ray.init(address=o.address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=True)
-        num_gpus = o.num_gpus if o.num_gpus is not None else gpus_per_run(self.opts.device, ray.cluster_resources())
-        remote = ray.remote(run_one).options(num_cpus=o.num_cpus or self.opts.threads, num_gpus=num_gpus,
-                                             max_retries=o.max_retries, retry_exceptions=False)
         outcomes = []
         try:
+            num_gpus = o.num_gpus if o.num_gpus is not None else gpus_per_run(self.opts.device, ray.cluster_resources())
+            remote = ray.remote(run_one).options(num_cpus=o.num_cpus or self.opts.threads, num_gpus=num_gpus,
+                                                 max_retries=o.max_retries, retry_exceptions=False)
             for wave in waves:
                 by_ref = {remote.remote(cfg, self.opts): cfg for cfg in wave}
                 pending = list(by_ref)
@@ -66,4 +66,7 @@ def gpus_per_run(device: str, cluster_resources: dict) -> int:
     """GPUs a run asks Ray for when `ray.num_gpus` is not set: one when the runs train on a GPU
     (device=cuda, or auto on a cluster that has GPUs). Ray then gives each running task its own GPU
     (it sets the task's CUDA_VISIBLE_DEVICES), where tasks asking for none would all share GPU 0."""
-    return int(device == "cuda" or (device == "auto" and cluster_resources.get("GPU", 0) > 0))
+    gpus = cluster_resources.get("GPU", 0)
+    if device == "cuda" and not gpus:  # the runs would wait for a GPU forever
+        raise BenchError("device=cuda but the Ray cluster has no GPUs (ray start --num-gpus=N on its GPU nodes)")
+    return int(device == "cuda" or (device == "auto" and gpus > 0))
