@@ -66,7 +66,10 @@ def ray_cluster(tmp_path_factory):
     env = {**os.environ, "RAY": str(Path(sys.executable).parent / "ray"), "MMCL_TEST_PAUSE_S": PAUSE_S,
            "RAY_USAGE_STATS_ENABLED": "0"}
     try:
-        yield start_cluster("ray-cluster.sh", state, env), state, env
+        address = start_cluster("ray-cluster.sh", state, env)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("RAY_AUTH_MODE", "disabled")  # as the cluster (scripts/ray-cluster.sh)
+            yield address, state, env
     finally:
         stop_cluster("ray-cluster.sh", state, env)
 
