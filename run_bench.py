@@ -53,6 +53,11 @@ def cmd_report(args):
     print(f"\nleaderboard: {report['paths'][1]}; results page: {report['page']}")
 
 
+def cmd_status(args):
+    from bench.status import format_statuses, run_statuses
+    print(format_statuses(run_statuses(args.out)))
+
+
 def cmd_perf(args):
     from pathlib import Path
     from bench.cache import default_cache_dir
@@ -97,6 +102,8 @@ def main(argv=None):
     rep.add_argument("--out", default="results")
     rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="figure_width=3.3 (one-column paper figures) or 7 (two-column, the default)")
+    st = sub.add_parser("status", help="list the runs of a results directory: finished, running, failed, pending")
+    st.add_argument("--out", default="results")
     perf = sub.add_parser("perf", help="measure the harness: overhead vs a bare loop, vs Avalanche, caches, leaderboard time")
     perf.add_argument("--sequence", default="default")
     perf.add_argument("--backbone", default="default")
@@ -116,7 +123,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     from bench.errors import BenchError
     try:
-        return {"list": cmd_list, "run": cmd_run, "report": cmd_report, "perf": cmd_perf}[args.cmd](args) or 0
+        return {"list": cmd_list, "run": cmd_run, "report": cmd_report, "status": cmd_status, "perf": cmd_perf}[args.cmd](args) or 0
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -139,6 +139,8 @@ CASES = [
     ("slurm executor without Slurm", [*QUICK, "--methods", "frozen", "--executor", "slurm"],
      "executor 'slurm': no Slurm on this machine (sbatch/srun not found)", {}, no_sbatch),
     ("report without runs", ["report"], "no finished runs under {out}/runs", {}, None),
+    ("status of a missing results directory", ["status", "--out", "{out}"], "no results directory {out} (the --out of",
+     {}, None),
     ("unknown list", ["list", "method"], "argument what: invalid choice: 'method'", {}, None),
 ]
 

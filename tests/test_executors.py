@@ -1,11 +1,10 @@
 """Executors: the local pool shares work with another process instead of training a run twice;
-Slurm (submitit's debug and local stand-ins) and Ray run the same runs into the same store with
-the numbers of the local executor; a preempted Slurm job is requeued and resumes."""
+Slurm (submitit's debug stand-in) and Ray run the same runs into the same store with the numbers of
+the local executor. Real Slurm and Ray clusters (preemption, requeue, lost nodes): tests/test_engines.py."""
 import fcntl
 import json
 import os
 import shutil
-import signal
 import threading
 import time
 from pathlib import Path
@@ -137,28 +136,6 @@ def test_slurm_job_array_script_carries_the_options(tmp_path, monkeypatch):
     for line in ("--array=0-1%2", "--partition=gpu", "--time=30", "--gpus-per-node=1", "--cpus-per-task=2",
                  "--exclude=node3", "--signal=USR2@", "source .venv/bin/activate"):
         assert line in script, line
-
-
-def test_preempted_slurm_job_is_requeued_and_resumes_from_its_last_task(tmp_path, cache_dir, monkeypatch):
-    submitit = pytest.importorskip("submitit")
-    monkeypatch.setenv("MMCL_PLUGINS", CONFTEST)  # the job's process registers the toy backbone
-    (cfg,) = toy_waves(["finetune"], steps=60)[1]
-    reference = execute(cfg, tmp_path / "reference", cache_dir=cache_dir, log=lambda *_: None)
-    out = tmp_path / "slurm"
-    executor = submitit.AutoExecutor(folder=tmp_path / "jobs" / "%j", cluster="local")
-    executor.update_parameters(timeout_min=60)
-    job = executor.submit(SlurmRun(ExecOptions(out=str(out), workers=1, cache_dir=str(cache_dir))), cfg)
-    progress = runs_dir(out) / cfg.run_id / "progress.json"
-    wait_for(lambda: progress.exists() and len(json.loads(progress.read_text())["rows"]) >= 1)
-    # SIGUSR2 to the job's process: what Slurm sends before preempting a job (submitit's local
-    # controller forwards it only at a timeout, so send it to the task directly)
-    (task_pid,) = Path(f"/proc/{job._process.pid}/task/{job._process.pid}/children").read_text().split()
-    os.kill(int(task_pid), signal.SIGUSR2)
-    outcome = job.result()
-    log = job.stderr() + job.stdout()
-    assert "this job is preempted" in log and "Requeued job" in log, log
-    assert outcome.status == "resumed", log
-    assert json.loads((runs_dir(out) / cfg.run_id / "metrics.json").read_text())["matrix"] == reference["matrix"]
 
 
 def test_ray_tasks_fill_the_same_store_with_the_same_numbers(tmp_path, cache_dir, monkeypatch):

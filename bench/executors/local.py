@@ -1,6 +1,8 @@
 """`local`: a process pool on this machine (the default)."""
 import multiprocessing as mp
 import os
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
@@ -44,7 +46,7 @@ class LocalExecutor(Executor):
             for cfg in wave:
                 outcomes.append(self._count(run_one(cfg, self.opts, wait), bar))
             return outcomes
-        pool = ProcessPoolExecutor(min(workers, len(wave)), mp_context=mp.get_context("spawn"))
+        pool = self._pool(min(workers, len(wave)))
         futures = {pool.submit(run_one, cfg, self.opts, wait): cfg for cfg in wave}
         try:
             for fut in as_completed(futures):
@@ -57,6 +59,17 @@ class LocalExecutor(Executor):
             pool.shutdown(wait=True, cancel_futures=True)
         return outcomes
 
+    def _pool(self, size: int) -> ProcessPoolExecutor:
+        """`size` worker processes that die with this one, each on its own GPU where there are several."""
+        ctx = mp.get_context("spawn")
+        devices = worker_devices(self.opts.device, size)
+        queue = None
+        if devices:
+            queue = ctx.Queue()
+            for device in devices:
+                queue.put(device)
+        return ProcessPoolExecutor(size, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(), queue))
+
     @staticmethod
     def _count(outcome, bar):
         if outcome.status != "busy":
@@ -64,3 +77,40 @@ class LocalExecutor(Executor):
         if outcome.error:
             tqdm.write(f"FAILED {outcome.run_id}: {outcome.error}")
         return outcome
+
+
+def worker_devices(device: str, workers: int) -> list[str] | None:
+    """The CUDA_VISIBLE_DEVICES of each of `workers` pool workers: on a host with several GPUs
+    (the ones visible to this process), one each, round robin when workers outnumber GPUs; None
+    when the runs do not pick a GPU themselves (cpu, an explicit cuda:N, or at most one GPU)."""
+    from bench.runner import resolve_device
+    if resolve_device(device) != "cuda":
+        return None
+    import torch
+    count = torch.cuda.device_count()
+    if count < 2:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",")[:count] if visible else [str(i) for i in range(count)]
+    return [ids[i % count] for i in range(workers)]
+
+
+def _init_worker(parent_pid: int, devices) -> None:
+    """In each pool worker, first: die with the suite's process, take this worker's GPU."""
+    _die_with_parent(parent_pid)
+    if devices is not None:  # before anything initialises CUDA in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices.get()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this worker when the suite's process dies, however it dies (the OOM killer's SIGKILL
+    included): an orphaned worker would hold its memory and go on training for nobody, while its
+    run resumes from its checkpoint when the suite is run again. Linux's parent-death signal fires
+    when the thread that started the worker ends; the pool starts its workers from the thread
+    that submits the runs, which outlives the pool."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the suite died before the signal was armed
+        os._exit(1)

@@ -19,7 +19,7 @@ class RayExecutor(Executor):
     class Options:
         address: str | None = None   # a running cluster ("auto": the one this node belongs to); None: RAY_ADDRESS or a new local instance
         num_cpus: float | None = None  # per run; default: --threads
-        num_gpus: float = 0.0          # per run
+        num_gpus: float | None = None  # per run; default: 1 when runs use a GPU (`gpus_per_run`), else 0
         max_retries: int = 3           # retries of a run whose worker or node died
         working_dir: str | None = None  # ship this directory to the workers (when the repo is not on a shared filesystem)
 
@@ -35,10 +35,11 @@ class RayExecutor(Executor):
         started_here = not ray.is_initialized()
         if started_here:
             ray.init(address=o.address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=True)
-        remote = ray.remote(run_one).options(num_cpus=o.num_cpus or self.opts.threads, num_gpus=o.num_gpus,
-                                             max_retries=o.max_retries, retry_exceptions=False)
         outcomes = []
         try:
+            num_gpus = o.num_gpus if o.num_gpus is not None else gpus_per_run(self.opts.device, ray.cluster_resources())
+            remote = ray.remote(run_one).options(num_cpus=o.num_cpus or self.opts.threads, num_gpus=num_gpus,
+                                                 max_retries=o.max_retries, retry_exceptions=False)
             for wave in waves:
                 by_ref = {remote.remote(cfg, self.opts): cfg for cfg in wave}
                 pending = list(by_ref)
@@ -59,3 +60,13 @@ class RayExecutor(Executor):
             return record_failure(self.opts, cfg.run_id, f"{type(e.cause).__name__}: {e.cause}")
         except ray.exceptions.RayError as e:  # worker or node died more than max_retries times
             return record_failure(self.opts, cfg.run_id, f"{type(e).__name__}: {str(e).splitlines()[0]}")
+
+
+def gpus_per_run(device: str, cluster_resources: dict) -> int:
+    """GPUs a run asks Ray for when `ray.num_gpus` is not set: one when the runs train on a GPU
+    (device=cuda, or auto on a cluster that has GPUs). Ray then gives each running task its own GPU
+    (it sets the task's CUDA_VISIBLE_DEVICES), where tasks asking for none would all share GPU 0."""
+    gpus = cluster_resources.get("GPU", 0)
+    if device == "cuda" and not gpus:  # the runs would wait for a GPU forever
+        raise BenchError("device=cuda but the Ray cluster has no GPUs (ray start --num-gpus=N on its GPU nodes)")
+    return int(device == "cuda" or (device == "auto" and gpus > 0))

@@ -10,6 +10,7 @@ import submitit
 
 from bench.errors import BenchError
 from bench.executors import EXECUTORS, Executor, record_failure, run_one
+from bench.status import mark_submitted
 
 
 class SlurmRun(submitit.helpers.Checkpointable):
@@ -51,6 +52,7 @@ class SlurmExecutor(Executor):
             jobs = executor.map_array(job_fn, wave)
             ids = " ".join(dict.fromkeys(job.job_id.split("_")[0] for job in jobs))  # a Slurm array is one id
             print(f"submitted {len(jobs)} run(s) as {self.options.cluster} job {ids}; logs in {folder}", flush=True)
+            mark_submitted(self.opts.out, [cfg.run_id for cfg in wave], "slurm", [job.job_id for job in jobs])
             by_job = {job.job_id: cfg for job, cfg in zip(jobs, wave)}
             for job in submitit.helpers.as_completed(jobs, poll_frequency=self.options.poll_s):
                 outcomes.append(self._outcome(job, by_job[job.job_id]))
