@@ -265,10 +265,11 @@ class Killed(BaseException):
     """Stands in for SIGKILL: not an Exception, so nothing catches it."""
 
 
-@pytest.mark.parametrize("method,sets", [("ewc", []), ("er", ["er.replay_every=1", "er.memory_fraction=0.05"])])
+@pytest.mark.parametrize("method,sets", [("ewc", []), ("er", ["er.replay_every=1", "er.memory_fraction=0.05"]),
+                                         ("derpp", ["derpp.buffer_size=40"]), ("er_ace", ["er_ace.buffer_size=40"])])
 def test_resume_after_kill_matches_uninterrupted(run, tmp_path, monkeypatch, method, sets):
-    """Killed right after the second task's checkpoint: the Fisher/anchor (EWC) and memory seeds (ER)
-    of tasks 0-1 must come back from the checkpoint for tasks 2-3 to match."""
+    """Killed right after the second task's checkpoint: the Fisher/anchor (EWC), memory seeds (ER) and
+    reservoirs (DER++, ER-ACE) of tasks 0-1 must come back from the checkpoint for tasks 2-3 to match."""
     full = run(method, out=tmp_path / "full", sets=sets)
     import bench.runner
     write_json = bench.runner.write_json

@@ -18,7 +18,7 @@ SHARING = {m: METHODS.get(m).trains_as for m in METHODS.names() if METHODS.get(m
 def test_who_shares_what():
     assert SHARING == {**dict.fromkeys(["adapter_fusion", "i2i", "i2i_light", "scalearn", "scalearn_pp", "scalearn_uniform",
                                         "scalearn_uniform_pp"], "adapter"),
-                       **dict.fromkeys(["ewc", "er", "lwf", "single_task"], "finetune")}
+                       **dict.fromkeys(["agem", "ewc", "er", "lwf", "single_task"], "finetune")}
 
 
 @pytest.mark.parametrize("method", sorted(SHARING))

@@ -16,8 +16,8 @@ ISOLATING = [m for m in METHODS.names() if METHODS.get(m).isolates_tasks]
 
 
 def test_who_isolates_tasks():
-    assert ISOLATING == ["adapter", "adapter_fusion", "atlas", "frozen", "i2i", "i2i_light", "pfeiffer",
-                         "scalearn", "scalearn_pp", "scalearn_uniform", "scalearn_uniform_pp"]
+    assert ISOLATING == ["adapter", "adapter_fusion", "atlas", "frozen", "i2i", "i2i_light", "moe_adapters",
+                         "pfeiffer", "scalearn", "scalearn_pp", "scalearn_uniform", "scalearn_uniform_pp"]
 
     class Variant(Adapter):  # a plugin may read more in its forward: it declares isolation itself or not at all
         pass
