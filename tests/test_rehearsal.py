@@ -101,9 +101,10 @@ def test_derpp_stores_the_logits_each_example_had_when_inserted(toy_data):
     assert stale > 12  # the model moved on: insertion-time logits, not today's
 
 
-def test_derpp_loss_is_ce_plus_alpha_mse_plus_beta_ce_on_the_memory(toy_data):
-    alpha, beta = 0.3, 0.7
-    method = build("derpp", toy_data, buffer_size=20, alpha=alpha, beta=beta)
+def loss_on_a_filled_memory(name: str, toy_data, **hp):
+    """The loss of `name` on 8 examples of task 1 after three steps filled its 20-slot memory, with
+    the memory as it was before and the (slot, task, example) the loss's sample drew, in order."""
+    method = build(name, toy_data, buffer_size=20, **hp)
     method.net.eval()
     der_steps(method, 0, toy_data, steps=2)
     ctx, _ = der_steps(method, 1, toy_data, steps=1)
@@ -112,14 +113,21 @@ def test_derpp_loss_is_ce_plus_alpha_mse_plus_beta_ce_on_the_memory(toy_data):
     batch = ctx.train_data[1].batch(torch.arange(100, 108))
     with torch.no_grad():
         got = method.loss(batch, 1, ctx)
-        # by hand, one example at a time, on the slots the method's generator draws
-        slots = torch.randperm(20, generator=torch.Generator().set_state(state))[:8]
+    drawn = []
+    for slot in torch.randperm(20, generator=torch.Generator().set_state(state))[:8].tolist():
+        k, i = int(memory["task"][slot]), int(memory["index"][slot])
+        drawn.append((slot, k, ctx.train_data[k].batch(torch.tensor([i]))))
+    return method, batch, got, memory, drawn
+
+
+def test_derpp_loss_is_ce_plus_alpha_mse_plus_beta_ce_on_the_memory(toy_data):
+    alpha, beta = 0.3, 0.7
+    method, batch, got, memory, drawn = loss_on_a_filled_memory("derpp", toy_data, alpha=alpha, beta=beta)
+    with torch.no_grad():  # by hand, one remembered example at a time
         terms = []
-        for s in slots.tolist():
-            k, i = int(memory["task"][s]), int(memory["index"][s])
-            ex = ctx.train_data[k].batch(torch.tensor([i]))
+        for slot, k, ex in drawn:
             out = method.forward(ex, k)
-            mse = (out[0] - memory[f"logits.{k}"][s]).square().mean()
+            mse = (out[0] - memory[f"logits.{k}"][slot]).square().mean()
             terms.append(alpha * mse + beta * task_loss(out, ex["label"], method.tasks[k]))
         want = task_loss(method.forward(batch, 1), batch["label"], method.tasks[1]) + sum(terms) / len(terms)
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -153,23 +161,13 @@ def test_ace_drops_the_bce_terms_of_answers_no_example_scores():
 
 
 def test_er_ace_masks_incoming_classes_and_replays_with_the_full_cross_entropy(toy_data):
-    method = build("er_ace", toy_data, buffer_size=20)
-    method.net.eval()
-    der_steps(method, 0, toy_data, steps=2)
-    ctx, _ = der_steps(method, 1, toy_data, steps=1)
-    memory = {k: v.clone() for k, v in method.net["memory"].state_dict().items()}
-    state = method.generator.get_state()
-    batch = ctx.train_data[1].batch(torch.arange(100, 108))
+    method, batch, got, _, drawn = loss_on_a_filled_memory("er_ace", toy_data)
     with torch.no_grad():
-        got = method.loss(batch, 1, ctx)
         out, labels = method.forward(batch, 1), batch["label"].tolist()
         present = sorted(set(labels))
         incoming = sum(-out[b, y] + torch.logsumexp(out[b, present], 0) for b, y in enumerate(labels)) / len(labels)
-        slots = torch.randperm(20, generator=torch.Generator().set_state(state))[:8].tolist()
         replay = []
-        for s in slots:
-            k, i = int(memory["task"][s]), int(memory["index"][s])
-            ex = ctx.train_data[k].batch(torch.tensor([i]))
+        for _, k, ex in drawn:
             z, y = method.forward(ex, k)[0], int(ex["label"][0])
             replay.append(-z[y] + torch.logsumexp(z, 0))  # every class of the head
     assert len(present) < out.shape[1]  # some class is absent from the batch, so the mask matters
