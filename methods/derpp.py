@@ -6,7 +6,8 @@ where z are the stored logits and f_k task k's head. Task-incremental: z are the
 example's own task head (stored per task, since heads differ in width), and the MSE and the
 replayed loss L_k (cross-entropy, or VQA's soft BCE) use that head; earlier heads stay trainable,
 as in the paper's multi-head network. After the step's loss the current batch, with its logits
-from this forward, is offered to the reservoir.
+from this forward, is offered to the reservoir; replay starts with the second step of the first
+task, as in the paper (whose setting needs no task boundaries).
 
 Deviations and choices (the paper's α, β kept):
 - One memory sample serves both terms (the paper draws two): one replay forward and backward per

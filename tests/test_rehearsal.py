@@ -7,13 +7,25 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from bench.errors import BenchError
 from bench.memory import Reservoir, SplitIndex
-from bench.method import Method, Stage, task_loss
+from bench.method import Stage, task_loss
 from conftest import plugin, run_method
-from methods.agem import AGEM
-from methods.er_ace import ace_loss
+from methods.agem import AGEM, AGEMHParams
+from methods.derpp import DERppHParams
+from methods.er_ace import ERACEHParams, ace_loss
+from methods.moe_adapters import MoEAdapterHParams
 from test_baselines import begin, build, toy_data  # noqa: F401  (toy_data is a fixture)
 from test_contract import changed_tensors
+
+
+@pytest.mark.parametrize("make", [lambda: DERppHParams(buffer_size=0), lambda: DERppHParams(alpha=-1),
+                                  lambda: ERACEHParams(buffer_size=0), lambda: AGEMHParams(ref_batch=0),
+                                  lambda: MoEAdapterHParams(top_k=0)])
+def test_bad_hyper_parameters_are_one_line_errors(make):
+    with pytest.raises(BenchError) as e:
+        make()
+    assert "\n" not in str(e.value)
 
 
 # -- the reservoir -------------------------------------------------------------------------------
