@@ -261,10 +261,11 @@ def test_freeze_bottom_k_default_follows_climbs_three_quarters():
 
 # -- resume --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method,sets", [("ewc", []), ("er", ["er.replay_every=1", "er.memory_fraction=0.05"])])
+@pytest.mark.parametrize("method,sets", [("ewc", []), ("er", ["er.replay_every=1", "er.memory_fraction=0.05"]),
+                                         ("derpp", ["derpp.buffer_size=40"]), ("er_ace", ["er_ace.buffer_size=40"])])
 def test_resume_after_kill_matches_uninterrupted(run, tmp_path, monkeypatch, method, sets):
-    """Killed as the third task starts: the Fisher/anchor (EWC) and memory seeds (ER) of tasks 0-1
-    must come back from the checkpoint for tasks 2-3 to match."""
+    """Killed as the third task starts: the Fisher/anchor (EWC), memory seeds (ER) and reservoirs
+    (DER++, ER-ACE) of tasks 0-1 must come back from the checkpoint for tasks 2-3 to match."""
     full = run(method, out=tmp_path / "full", sets=sets)
     kill_before_task(run, tmp_path / "killed", method, 2, monkeypatch, sets=sets)
     cls, begun = METHODS.get(method), []
