@@ -8,9 +8,13 @@ class Killed(BaseException):
     """Stands in for SIGKILL: not an Exception, so nothing catches it."""
 
 
-@pytest.mark.parametrize("method,kill_at", [("finetune", 2), ("adapter", 1)])
-def test_resume_after_kill_matches_uninterrupted(run, tmp_path, monkeypatch, method, kill_at):
-    full = run(method, out=tmp_path / "full")
+@pytest.mark.parametrize("method,kill_at,sets", [
+    ("finetune", 2, []), ("adapter", 1, []),
+    # task-begun state: CODA's new components are initialised in begin_task, DualPrompt's keys compete once begun
+    ("coda_prompt", 2, ["coda_prompt.pool_size=8", "coda_prompt.length=2", "lr=0.3"]),  # lr: prompts that matter
+    ("dualprompt", 2, ["dualprompt.g_last=0", "dualprompt.e_first=1", "dualprompt.e_last=1"])])
+def test_resume_after_kill_matches_uninterrupted(run, tmp_path, monkeypatch, method, kill_at, sets):
+    full = run(method, out=tmp_path / "full", sets=sets)
 
     original = Method.begin_task
     real_begin = {}
@@ -22,11 +26,11 @@ def test_resume_after_kill_matches_uninterrupted(run, tmp_path, monkeypatch, met
 
     monkeypatch.setattr(Method, "begin_task", begin_task)
     with pytest.raises(Killed):
-        run(method, out=tmp_path / "killed")
+        run(method, out=tmp_path / "killed", sets=sets)
     run_dir = next((tmp_path / "killed" / "runs").iterdir())
     assert not (run_dir / "DONE").exists() and (run_dir / "checkpoint.pt").exists()
     real_begin["done"] = True
-    resumed = run(method, out=tmp_path / "killed")
+    resumed = run(method, out=tmp_path / "killed", sets=sets)
     assert resumed["matrix"] == full["matrix"]
     assert resumed["summary"] == full["summary"]
     assert (run_dir / "DONE").exists()
