@@ -5,7 +5,7 @@ from bench.method import Method
 from conftest import final_weights, kill_before_task, same_tensors
 
 
-@pytest.mark.parametrize("method,kill_at", [("finetune", 2), ("adapter", 1)])
+@pytest.mark.parametrize("method,kill_at", [("finetune", 2), ("adapter", 1), ("olora", 2), ("inflora", 2)])
 def test_resume_after_kill_matches_uninterrupted(run, tmp_path, monkeypatch, method, kill_at):
     # every stage trained, none loaded from the shared stage store: the resumed tasks recompute
     # what the uninterrupted run did, from the same per-task seeds
