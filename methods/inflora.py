@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from bench.backbones.base import pooled
-from bench.errors import BenchError
+from bench.method import require
 from bench.registry import METHODS
 from methods.lora import LoRA, LoRAHParams
 
@@ -46,10 +46,8 @@ class InfLoRAHParams(LoRAHParams):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0 < self.lamb <= self.lame <= 1:
-            raise BenchError(f"inflora needs 0 < lamb <= lame <= 1, got lamb={self.lamb} lame={self.lame}")
-        if self.samples < 1:
-            raise BenchError(f"inflora.samples must be >= 1, got {self.samples}")
+        require(0 < self.lamb <= self.lame <= 1, "lamb, lame", (self.lamb, self.lame), "0 < lamb <= lame <= 1")
+        require(self.samples >= 1, "samples", self.samples, "an integer >= 1")
 
 
 def grow(M: torch.Tensor, C: torch.Tensor, eps: float) -> torch.Tensor:

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.errors import BenchError
-from bench.lora import TaskLoRAs, parse_roles
-from bench.method import Method
+from bench.lora import ROLES, TaskLoRAs, parse_roles
+from bench.method import Method, require
 from bench.registry import METHODS
 
 
@@ -31,11 +30,10 @@ class LoRAHParams:
     targets: str = "q,v"  # attention projections adapted in every block: a subset of q,k,v
 
     def __post_init__(self):
-        if self.r < 1:
-            raise BenchError(f"LoRA rank r must be >= 1, got {self.r}")
-        if self.alpha <= 0:
-            raise BenchError(f"LoRA alpha must be > 0, got {self.alpha}")
-        parse_roles(self.targets)
+        require(self.r >= 1, "r", self.r, "an integer >= 1")
+        require(self.alpha > 0, "alpha", self.alpha, "> 0")
+        roles = parse_roles(self.targets)
+        require(bool(roles) and set(roles) <= set(ROLES), "targets", self.targets, "a comma-separated subset of q,k,v")
 
 
 @METHODS.register("lora")

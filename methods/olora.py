@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.errors import BenchError
-from bench.method import Stage
+from bench.method import Stage, require
 from bench.registry import METHODS
 from methods.lora import LoRA, LoRAHParams
 
@@ -28,8 +27,8 @@ class OLoRAHParams(LoRAHParams):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.lam1 < 0 or self.lam2 < 0:
-            raise BenchError(f"olora.lam1 and olora.lam2 must be >= 0, got {self.lam1}, {self.lam2}")
+        require(self.lam1 >= 0, "lam1", self.lam1, ">= 0")
+        require(self.lam2 >= 0, "lam2", self.lam2, ">= 0")
 
 
 @METHODS.register("olora")

@@ -161,12 +161,14 @@ def test_olora_training_drives_the_new_subspace_away_and_sums_the_loras(toy_data
 
 
 def test_olora_and_inflora_hyperparameters_are_checked():
-    with pytest.raises(BenchError, match="lam1"):
+    with pytest.raises(ValueError, match="lam1"):
         OLoRAHParams(lam1=-1)
-    with pytest.raises(BenchError, match="subset of q,k,v"):
+    with pytest.raises(ValueError, match="subset of q,k,v"):
         OLoRAHParams(targets="q,o")
-    with pytest.raises(BenchError, match="lamb"):
+    with pytest.raises(ValueError, match="lamb"):
         InfLoRAHParams(lamb=0.99, lame=0.9)
+    with pytest.raises(BenchError, match="bad hyper-parameter of method 'olora': lam1=-1.0"):
+        run_method("olora", None, None, sets=["olora.lam1=-1"])
 
 
 # -- InfLoRA ------------------------------------------------------------------------------------
