@@ -50,17 +50,25 @@ class InfLoRAHParams(LoRAHParams):
         require(self.samples >= 1, "samples", self.samples, "an integer >= 1")
 
 
+def left_singular(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """X's left singular vectors and squared singular values, largest first, from the eigenvectors of
+    X X^T (symmetric: eigh is cheaper than an SVD)."""
+    w, V = torch.linalg.eigh(X @ X.T)
+    return V.flip(1), w.flip(0).clamp(min=0)
+
+
 def grow(M: torch.Tensor, C: torch.Tensor, eps: float) -> torch.Tensor:
     """GPM's basis update: M [d, k] plus the top left singular vectors of (I − M M^T) C until the
-    columns keep a share `eps` of C's energy (float64)."""
-    total = (torch.linalg.svdvals(C) ** 2).sum()
+    columns keep a share `eps` of C's energy Σσ² = ||C||_F² (float64)."""
+    total = C.square().sum()
     if total == 0:  # no inputs reached the layer (a tower the task does not run): nothing to protect
         return M
-    U, S, _ = torch.linalg.svd(C - M @ (M.T @ C))
-    kept = (total - (S ** 2).sum()) / total  # the share span(M) already holds
+    R = C - M @ (M.T @ C)
+    kept = (total - R.square().sum()) / total  # the share span(M) already holds
     if kept >= eps:
         return M
-    below = int(((kept + torch.cumsum(S ** 2 / total, 0)) < eps).sum())
+    U, S2 = left_singular(R)
+    below = int(((kept + torch.cumsum(S2 / total, 0)) < eps).sum())
     return torch.cat([M, U[:, :below + 1]], 1)[:, :C.shape[0]]
 
 
@@ -90,12 +98,16 @@ class InfLoRA(LoRA):
         `samples` training examples, through the model as it computes that task now."""
         sums = [torch.zeros(a.shape[1], a.shape[1], dtype=torch.float64, device=a.device) for a in self.loras.A(0)]
         tokens = [0] * len(sums)
+        last = [None, None, 0]  # the last input, its x^T x and token count: key and value read the same input
 
         def collect(i):
             def hook(module, inputs, output):
-                x = inputs[0].detach().flatten(0, -2).double()
-                sums[i] += x.T @ x
-                tokens[i] += len(x)
+                if last[0] is not inputs[0]:
+                    x = inputs[0].detach().flatten(0, -2).float()
+                    with torch.autocast(x.device.type, enabled=False):  # fp32 products, summed in fp64
+                        last[:] = [inputs[0], (x.T @ x).double(), len(x)]
+                sums[i] += last[1]
+                tokens[i] += last[2]
             return hook
         handles = [layer.register_forward_hook(collect(i)) for i, layer in enumerate(self.loras.layers)]
         split = ctx.train_data[ctx.task]
@@ -118,7 +130,7 @@ class InfLoRA(LoRA):
             for i, (C, a) in enumerate(zip(self.representations(ctx), self.loras.A(ctx.task))):
                 M = self.basis(i)
                 P = torch.eye(len(C), dtype=C.dtype, device=C.device) - M @ M.T
-                U = torch.linalg.svd(P @ C).U[:, :a.shape[0]]
+                U = left_singular(P @ C)[0][:, :a.shape[0]]
                 a.copy_(U.T @ P / 3 ** 0.5)
 
     def end_task(self, ctx):
