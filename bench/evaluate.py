@@ -28,10 +28,15 @@ def score(method, t: int, data: EncodedSplit, batch_size: int = 256, precision: 
     return float(100.0 * total / len(data))
 
 
+# Calls that read or set a tensor's autograd flags, never its values: PEFT's set_adapter (in a
+# method's `activate`) freezes every task's LoRA, which is not a read of the later tasks' weights.
+FLAG_CALLS = (torch.Tensor.requires_grad_, torch.Tensor.requires_grad.__get__, torch.Tensor.is_leaf.__get__)
+
+
 class TensorReads(TorchFunctionMode):
     """Records which of the model's registered tensors (`named`: id -> name) torch functions read
     while it is active, and whether they read any other tensor that existed before (not produced
-    inside, not in `exempt`: the data)."""
+    inside, not in `exempt`: the data). Autograd-flag calls (`FLAG_CALLS`) read no values."""
 
     def __init__(self, named: dict[int, str], exempt: set[int]):
         super().__init__()
@@ -41,6 +46,8 @@ class TensorReads(TorchFunctionMode):
         self.foreign = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in FLAG_CALLS:
+            return func(*args, **(kwargs or {}))
         for x in tree_leaves((args, kwargs or {})):
             if isinstance(x, torch.Tensor):
                 name = self.named.get(id(x))

@@ -6,7 +6,7 @@ single-task adapters first), I2I's first task. A stage says so with `Stage(share
 then keys the stage by everything its result depends on, and the first run to reach it trains it
 and stores the trained tensors while the others load them:
 
-    the shared name, the code of the loop and of the adapter machinery, the run settings that
+    the shared name, the code of the loop and of the adapter and LoRA machinery, the run settings that
     enter training (batch size, schedule, clipping, validation checks, precision), the step
     budget and the batch-order seed, the optimizer groups (learning rates, weight decay), the
     initial values of the trained tensors, every backbone tensor, the torch RNG state (dropout),
@@ -46,11 +46,12 @@ def stage_key(method, shared: str, groups: list[dict], train: dict, val: dict, s
     """Digest of everything the stage's trained tensors depend on (see the module docstring)."""
     import bench.adapters
     import bench.evaluate
+    import bench.lora
     import bench.precision
     import bench.train
     from bench.registry import METHODS
     h = tensor_hash()
-    code = code_digest(bench.train, bench.evaluate, bench.precision, bench.adapters, type(method.backbone),
+    code = code_digest(bench.train, bench.evaluate, bench.precision, bench.adapters, bench.lora, type(method.backbone),
                        *METHODS.get(shared).__mro__[:-1])
     settings = {k: getattr(cfg, k) for k in SETTINGS}
     layout = [{k: v for k, v in g.items() if k != "params"} | {"n": len(g["params"])} for g in groups]

@@ -9,7 +9,8 @@ from conftest import final_weights, kill_before_task, same_tensors
     ("finetune", 2, []), ("adapter", 1, []),
     # task-begun state: CODA's new components are initialised in begin_task, DualPrompt's keys compete once begun
     ("coda_prompt", 2, ["coda_prompt.pool_size=8", "coda_prompt.length=2", "lr=0.3"]),  # lr: prompts that matter
-    ("dualprompt", 2, ["dualprompt.g_last=0", "dualprompt.e_first=1", "dualprompt.e_last=1"])])
+    ("dualprompt", 2, ["dualprompt.g_last=0", "dualprompt.e_first=1", "dualprompt.e_last=1"]),
+    ("olora", 2, []), ("inflora", 2, [])])
 def test_resume_after_kill_matches_uninterrupted(run, tmp_path, monkeypatch, method, kill_at, sets):
     # every stage trained, none loaded from the shared stage store: the resumed tasks recompute
     # what the uninterrupted run did, from the same per-task seeds
