@@ -52,7 +52,18 @@ class Injector:
         self.modules = [mod for mod, _ in hooked]
         self.widths = [width for _, width in hooked]  # per site: modules built on sites use these
         self.fn: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+        # The padding mask [B, L] of the batch the backbone is computing (`Backbone.token_mask`),
+        # for site functions that pool over tokens (ATLAS); None outside a backbone forward. It is
+        # set by hooks on the backbone's own call, so a site function sees its batch's mask only.
+        self.mask: torch.Tensor | None = None
         self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)]
+        self._handles += [backbone.register_forward_pre_hook(self._enter), backbone.register_forward_hook(self._leave)]
+
+    def _enter(self, backbone, args):
+        self.mask = backbone.token_mask(args[0])
+
+    def _leave(self, backbone, args, output):
+        self.mask = None
 
     def _hook(self, index: int):
         def hook(module, inputs, output):

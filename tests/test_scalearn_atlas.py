@@ -133,16 +133,17 @@ def test_atlas_weights_lie_in_unit_interval():
     g = torch.Generator().manual_seed(0)
     for scale in (1e-3, 1.0, 1e3):
         q, k = torch.randn(D, generator=g) * scale, torch.randn(D, generator=g)
-        w = adapter_weight(q, k, torch.randn(8, 6, D, generator=g) * scale)
+        h = torch.randn(8, 6, D, generator=g) * scale
+        w = adapter_weight(q, k, h, torch.randn(8, 6, D, generator=g) * scale)
         assert w.shape == (8,) and bool(((w >= 0) & (w <= 1)).all())
     q, silent = torch.randn(D, generator=g), torch.zeros(3, 4, D)
-    assert torch.allclose(adapter_weight(q, 5 * q, silent), torch.ones(3))   # key aligned with the query's description
-    assert torch.allclose(adapter_weight(q, -q, silent), torch.zeros(3), atol=1e-6)
+    assert torch.allclose(adapter_weight(q, 5 * q, silent, silent), torch.ones(3))   # key aligned with the query's description
+    assert torch.allclose(adapter_weight(q, -q, silent, silent), torch.zeros(3), atol=1e-6)
     m = build("atlas")
     randomise_adapters(m)
     h = torch.randn(4, 7, D)
     with torch.no_grad():
-        ws = m.weights(3, 2, [m.adapters[n][2](h) for n in range(4)])
+        ws = m.weights(3, 2, h, [m.adapters[n][2](h) for n in range(4)])
     assert len(ws) == 4 and all(bool(((w >= 0) & (w <= 1)).all()) for w in ws)
     assert len({round(float(w[0]), 6) for w in ws}) > 1  # the weights differ per adapter
 
