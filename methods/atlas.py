@@ -2,7 +2,7 @@
 Learning Strategy"). Each task t owns an adapter a_t per site, a key k_t describing it, and
 queries q_{t,n} with which task t reads adapter n <= t. At every adapter site:
 
-    c_{t,n}(h) = softmax_j(q . x_j / sqrt(d)) x_j  over x = [q_{t,n}; h + a_n(h) tokens]
+    c_{t,n}(h) = softmax_j(q . x_j / sqrt(d)) x_j  over the tokens x = h + a_n(h)
                                          (sample-level description of adapter n's output;
                                           padding tokens excluded)
     w_{t,n}(h) = (cos(c_{t,n}(h), k_n) + 1) / 2            in [0, 1]
@@ -18,13 +18,14 @@ image-only and vision-language inputs are all token sequences at the adapter sit
 sequences (the default one) need nothing special.
 
 From the authors' code (lihong2303/ATLAS, "adapter-whole-weighted"): c is an attention of the
-query over itself and the adapter's output tokens without projections (one head here, several
-there), the residual stream added to the adapter's output first: attending over a_n(h) alone,
-whose norm is ~1 % of the query's at initialisation, puts all the attention on the query itself,
-so c = q and w is one number per site and source whatever the input (measured: spread 3e-8 across
-inputs); with h + a_n(h) the description, hence w, depends on the input. Padding positions
-(`Injector.mask`) are left out of the attention, so w does not depend on how a batch was padded.
-Queries and keys start N(0, 1); stage-1 queries use 100x the base lr (5e-2 there); the
+query over the adapter's output tokens without projections (one head here, several there), the
+residual stream added to the adapter's output first. Deviation, measured: our earlier reading
+also put the query itself among the attended tokens; its self-score |q|^2/sqrt(d) ~ 19.6 for an
+N(0, 1) query in d = 384, against O(1) for any token, put all the attention on it, so c = q and w
+was one number per site and source whatever the input (spread 3e-8 across 128 test inputs, with
+or without the residual). Attending over the sample's tokens only, c describes the sample and w
+varies with it (tests/test_composition_learns.py). Padding positions (`Injector.mask`) are left
+out, so w does not depend on how a batch was padded. Queries and keys start N(0, 1); stage-1 queries use 100x the base lr (5e-2 there); the
 orthogonality penalty (weight 0.1) is on the stacked queries and keys. DESIGN asks for
 orthogonality against the earlier adapters themselves too: we add their down-projections (the
 subspace an adapter reads, as O-LoRA does for LoRA's A) to the penalty. Deviation: the reference
@@ -65,15 +66,13 @@ class Vectors(nn.Module):
 
 def adapter_weight(query: torch.Tensor, key: torch.Tensor, h: torch.Tensor, out: torch.Tensor,
                    mask: torch.Tensor | None = None) -> torch.Tensor:
-    """w = (cos(c, key) + 1) / 2 with c the attention of `query` over [query; h + out tokens].
+    """w = (cos(c, key) + 1) / 2 with c the attention of `query` over the tokens h + out.
     query, key: [d]; site input h and adapter output out: [B, L, d]; mask: [B, L] (1 = real token,
     None: all real) -> w [B] in [0, 1]."""
-    q = query.to(out.dtype)
-    tokens = torch.cat([q.expand(out.shape[0], 1, -1), h + out], 1)
-    scores = tokens @ q / math.sqrt(out.shape[-1])
-    if mask is not None:  # the query itself (position 0) is always attended
-        real = torch.cat([mask.new_ones(mask.shape[0], 1), mask], 1).bool()
-        scores = scores.masked_fill(~real, float("-inf"))
+    tokens = h + out
+    scores = tokens @ query.to(out.dtype) / math.sqrt(out.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask.bool(), float("-inf"))
     c = (torch.softmax(scores, dim=1).unsqueeze(-1) * tokens).sum(1)
     return (nn.functional.cosine_similarity(c, key.to(out.dtype).expand_as(c), dim=-1) + 1) / 2
 

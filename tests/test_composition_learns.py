@@ -23,6 +23,7 @@ from bench.method import Stage
 from bench.registry import METHODS
 from bench.task import Task
 from bench.train import fit
+from methods.atlas import adapter_weight
 
 D, L = 384, 8  # MiniLM-L6's width: how far Adam moves a d x d fusion in ten steps depends on it
 
@@ -150,3 +151,38 @@ def test_scalearn_omega_grows_for_the_source_that_solves_the_task():
     after = m.scalings[2].omega.detach().squeeze()
     assert after[1] - before[1] > 0.1, (before, after)     # omega of the good source grows ...
     assert after[1] > after[0] + 0.2 and after[1] > after[2] + 0.2  # ... far above the others'
+
+
+def test_atlas_weights_vary_with_the_input():
+    """Sources that disagree by input (each carries a different bit): after ATLAS's experience stage,
+    w_{2,n} differs across test inputs. With the query among the attended tokens (the code before)
+    the attention sat on the query: spread 0 here, 3e-8 on the default backbone."""
+    m, cfg = build("atlas", 3)
+    good, bad, _ = sources()
+    m.adapters[0], m.adapters[1] = bad, good
+    train_stage(m, cfg, 2, stage(m, 2, "experience"), split(1280, 2))
+    test = split(512, 3)
+    h, mask = test.fields["x"], test.fields["attention_mask"]
+    with torch.no_grad():
+        w = torch.stack([adapter_weight(m.query(2, n, 0), m.keys[n].weight[0], h, a[0](h), mask)
+                         for n, a in enumerate(m.adapters[:2])])  # [sources, inputs]
+    assert w.std(1).min() > 1e-2, w.std(1)  # per-example weights
+    # the method's own forward computes these weights, the batch's padding mask reaching the site
+    seen = []
+    m.injector.fn, fn = None, None
+    m.activate(2, None)
+    fn = m.injector.fn
+    m.injector.fn = lambda i, x: (seen.append(m.injector.mask), fn(i, x))[1]
+    with torch.no_grad():
+        m.backbone(test.batch(torch.arange(4)))
+    assert torch.equal(seen[0], mask[:4]) and m.injector.mask is None
+
+
+def test_atlas_padding_does_not_change_the_weights():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(D, generator=g), torch.randn(D, generator=g)
+    h, out = torch.randn(2, 5, D, generator=g), torch.randn(2, 5, D, generator=g)
+    padded_h, padded_out = torch.cat([h, 100 * torch.randn(2, 3, D, generator=g)], 1), torch.cat([out, torch.randn(2, 3, D, generator=g)], 1)
+    mask = torch.cat([torch.ones(2, 5), torch.zeros(2, 3)], 1).long()
+    assert torch.allclose(adapter_weight(q, k, padded_h, padded_out, mask), adapter_weight(q, k, h, out), atol=1e-6)
+    assert not torch.allclose(adapter_weight(q, k, padded_h, padded_out), adapter_weight(q, k, h, out), atol=1e-3)

@@ -137,8 +137,9 @@ def test_atlas_weights_lie_in_unit_interval():
         w = adapter_weight(q, k, h, torch.randn(8, 6, D, generator=g) * scale)
         assert w.shape == (8,) and bool(((w >= 0) & (w <= 1)).all())
     q, silent = torch.randn(D, generator=g), torch.zeros(3, 4, D)
-    assert torch.allclose(adapter_weight(q, 5 * q, silent, silent), torch.ones(3))   # key aligned with the query's description
-    assert torch.allclose(adapter_weight(q, -q, silent, silent), torch.zeros(3), atol=1e-6)
+    same = q.expand(3, 4, D)  # every token equal to the query: the description is the query
+    assert torch.allclose(adapter_weight(q, 5 * q, same, silent), torch.ones(3))   # key aligned with the description
+    assert torch.allclose(adapter_weight(q, -q, silent, same), torch.zeros(3), atol=1e-6)
     m = build("atlas")
     randomise_adapters(m)
     h = torch.randn(4, 7, D)
