@@ -70,6 +70,21 @@ class Injector:
             return output if self.fn is None else self.fn(index, output)
         return hook
 
+    @torch.no_grad()
+    def probe(self, run: Callable[[], object], look: Callable[[int, torch.Tensor, torch.Tensor], None]) -> None:
+        """Call `run()` (a forward of the backbone) with `look(site, h, real)` seeing every site's
+        input h [B, L, d] and its real-token mask [B, L] (bool) before the active `fn` rewrites it."""
+        active = self.fn
+
+        def fn(i, h):
+            look(i, h, torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if self.mask is None else self.mask.bool())
+            return active(i, h)
+        self.fn = fn
+        try:
+            run()
+        finally:
+            self.fn = active
+
     def __len__(self) -> int:
         return len(self.modules)
 

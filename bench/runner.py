@@ -210,6 +210,7 @@ class Run:
                 args = (j, data["test"][j], cfg.eval_batch_size, cfg.precision)
                 row[j] = scores.score(*args) if scores else score(method, *args)
             progress["rows"].append(row)
+            progress.setdefault("diagnostics", {})[str(i)] = method.diagnostics(i, data["test"][i])
             progress["train_s"] += [train_s / len(group)] * len(group)
             progress["trainable"] += [trainable] * len(group)
             progress["fit"] += stage_costs
@@ -373,6 +374,8 @@ def finish(cfg, run_dir, progress, tasks, method, device, total_s) -> dict:
         "time": {"train_s_per_task": progress["train_s"], "total_s": total_s},
         "peak_mem_mb": peak, "stages": progress["fit"], "provenance": provenance(cfg, device),
     }
+    if any(progress.get("diagnostics", {}).values()):
+        result["diagnostics"] = progress["diagnostics"]
     if progress.get("downstream"):
         result["downstream"] = downstream_transfer(cfg, run_dir, progress["downstream"])
     write_json(run_dir / "metrics.json", result)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from bench.fusion import fused, fusion_set, value_regulariser
+from bench.fusion import attention_diagnostics, fused, fusion_set, value_regulariser
 from bench.method import Stage, require
 from bench.registry import METHODS
 from methods.adapter import Adapter, AdapterHParams
@@ -82,3 +82,8 @@ class AdapterFusion(Adapter):
     def task_modules(self, t):
         fusion = [self.fusions[str(t)]] if t > 0 else []
         return [self.heads[t], *self.adapters[: t + 1], *fusion]
+
+    def diagnostics(self, t, data):
+        if t == 0:
+            return {}
+        return attention_diagnostics(self.injector, self.fusions[str(t)], self.adapters[: t + 1], self.probe_run(t, data))

@@ -149,3 +149,15 @@ class Atlas(Adapter):
 
     def task_modules(self, t):
         return [self.heads[t], *self.adapters[: t + 1], *self.keys[: t + 1], self.queries[t], self.experience[t]]
+
+    def diagnostics(self, t, data):
+        """Per site and source n <= t: mean and spread (std) of w_{t,n} across the test inputs;
+        "at_init" (static gates) when no weight varies by 1e-4 across inputs."""
+        sites = {}
+
+        def look(i, h, real):
+            ws = torch.stack(self.weights(t, i, h, [self.adapters[n][i](h) for n in range(t + 1)])).float()
+            sites[i] = {"mean": ws.mean(1).tolist(), "spread": ws.std(1).tolist() if ws.shape[1] > 1 else [0.0] * len(ws)}
+        self.injector.probe(self.probe_run(t, data), look)
+        spread = max(max(s["spread"]) for s in sites.values())
+        return {"sites": [sites[i] for i in sorted(sites)], "at_init": spread < 1e-4}

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from bench.backbones.base import pooled
-from bench.fusion import fused, fusion_set, fusion_set_params, value_regulariser
+from bench.fusion import attention_diagnostics, fused, fusion_set, fusion_set_params, value_regulariser
 from bench.method import Stage, require
 from bench.registry import METHODS
 from methods.adapter import Adapter, AdapterHParams
@@ -68,6 +68,7 @@ class I2I(Adapter):
     def setup(self):
         super().setup()
         self.improvised = None  # the transient fusion of the task being trained (stages 1-2)
+        self.improvise_report = {}  # task -> what its fusion learned, measured before it is discarded
 
     def stages(self, t):
         if t == 0:
@@ -82,7 +83,21 @@ class I2I(Adapter):
             self.improvised = fusion_set(len(self.injector), self.injector.widths).to(device)
             self.adapters[:t].requires_grad_(False)  # fixed sources: no weight gradients for them
         elif ctx.stage.name == "train":
+            self.improvise_report[t] = self.improvise_diagnostics(t, ctx.train_data[t])
             self.improvised = None
+
+    def improvise_diagnostics(self, t: int, data) -> dict:
+        """The transient fusion's attention (on task t's training inputs: it is gone before testing)
+        and how far W_V left the identity, which is all a fusion over one source can learn."""
+        run = self.probe_run(t, data)
+        self.injector.fn = self.teacher(t)
+        report = attention_diagnostics(self.injector, self.improvised, self.adapters[:t], run)
+        with torch.no_grad():
+            shift = max(float(f.value_penalty().sqrt() / f.value.weight.shape[0] ** 0.5) for f in self.improvised)
+        return {**report, "value_shift": shift, "at_init": report["at_init"] and shift < 1e-3}
+
+    def diagnostics(self, t, data):
+        return self.improvise_report.get(t, {})
 
     def teacher(self, t: int):
         """The improvised model's injection fn: the fusion over adapters 0..t-1."""

@@ -106,6 +106,15 @@ class ScaLearn(Adapter):
     def task_modules(self, t):
         return [self.heads[t], *self.adapters[: t + 1], self.scalings[t]]
 
+    def diagnostics(self, t, data):
+        """omega_t per site (or shared) and source: mean and std over its width, against its
+        initialisation omega_init / N; "at_init" when its mean distance from it is < 0.01."""
+        omega = self.scalings[t].omega.detach().float()  # [S or 1, N, d or 1]
+        init = self.hp.omega_init / omega.shape[1]
+        return {"init": init, "sites": [{"mean": o.mean(-1).tolist(), "std": o.std(-1).tolist() if o.shape[-1] > 1 else [0.0] * len(o)}
+                                        for o in omega],
+                "moved": float((omega - init).abs().mean()), "at_init": float((omega - init).abs().mean()) < 0.01}
+
 
 @METHODS.register("scalearn_uniform")
 class ScaLearnUniform(ScaLearn):

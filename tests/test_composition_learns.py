@@ -124,12 +124,18 @@ def train_task(m, cfg, t: int, data: EncodedSplit):
 
 def test_adapter_fusion_attends_to_the_source_that_solves_the_task():
     m, cfg = build("adapter_fusion", 3)
+    assert m.diagnostics(2, split(512, 3))["at_init"]  # diagnostics flag an untrained fusion
     good, bad, bad2 = sources()
     # task 2's own adapter does not solve it either: its stage 1 trains the head alone
     m.adapters[0], m.adapters[1], m.adapters[2] = bad, good, bad2
     train_task(m, cfg, 2, split(1280, 2))
     weights = attention_on(m.fusions["2"][0], [a[0] for a in m.adapters], split(512, 3))
     assert weights[1] > 0.45 and weights[1] == weights.max(), weights  # uniform: 1/3
+    diag = m.diagnostics(2, split(512, 3))  # metrics.json's view of the same fusion, on 256 inputs
+    assert not diag["at_init"] and diag["sites"][0]["uniform"] == pytest.approx(1 / 3)
+    weights = attention_on(m.fusions["2"][0], [a[0] for a in m.adapters], split(512, 3).head(0.5))
+    assert diag["sites"][0]["mean_weight"] == pytest.approx(weights.tolist(), abs=1e-5)
+    assert diag["sites"][0]["entropy_vs_uniform"] < 0.95 and diag["sites"][0]["top_weight"] >= float(weights.max())
 
 
 def test_i2i_improvises_onto_the_source_that_solves_the_task():
@@ -140,6 +146,12 @@ def test_i2i_improvises_onto_the_source_that_solves_the_task():
     weights = attention_on(m.improvised[0], [a[0] for a in m.adapters[:2]], split(512, 3))
     # its head starts from scratch in this stage, so the attention follows it late: 0.56 measured
     assert weights[1] > 0.53, weights  # uniform: 1/2
+    train_stage(m, cfg, 2, stage(m, 2, "initialize"), split(1280, 2))
+    weights = attention_on(m.improvised[0], [a[0] for a in m.adapters[:2]], split(512, 3).head(0.5))
+    m.begin_stage(TaskContext(2, (2,), [split(512, 3)] * 3, 0, 1e-3, 1e-3, "fp32", stage(m, 2, "train")))
+    diag = m.diagnostics(2, None)  # measured on its training inputs before the fusion is discarded
+    assert m.improvised is None and not diag["at_init"]
+    assert diag["sites"][0]["mean_weight"] == pytest.approx(weights.tolist(), abs=1e-5)
 
 
 def test_scalearn_omega_grows_for_the_source_that_solves_the_task():
@@ -150,7 +162,10 @@ def test_scalearn_omega_grows_for_the_source_that_solves_the_task():
     train_task(m, cfg, 2, split(1280, 2))
     after = m.scalings[2].omega.detach().squeeze()
     assert after[1] - before[1] > 0.1, (before, after)     # omega of the good source grows ...
-    assert after[1] > after[0] + 0.2 and after[1] > after[2] + 0.2  # ... far above the others'
+    assert after[1] > after[0] + 0.2 and after[1] > after[2] + 0.2  # ... far above the others
+    diag = m.diagnostics(2, None)
+    assert diag["sites"][0]["mean"] == pytest.approx(after.tolist()) and not diag["at_init"]
+    assert diag["moved"] == pytest.approx(float((after - 2 / 3).abs().mean()), rel=1e-4)
 
 
 def test_atlas_weights_vary_with_the_input():
@@ -167,6 +182,9 @@ def test_atlas_weights_vary_with_the_input():
         w = torch.stack([adapter_weight(m.query(2, n, 0), m.keys[n].weight[0], h, a[0](h), mask)
                          for n, a in enumerate(m.adapters[:2])])  # [sources, inputs]
     assert w.std(1).min() > 1e-2, w.std(1)  # per-example weights
+    diag = m.diagnostics(2, test)
+    assert not diag["at_init"]
+    assert diag["sites"][0]["spread"][:2] == pytest.approx(w[:, :256].std(1).tolist(), rel=1e-4)
     # the method's own forward computes these weights, the batch's padding mask reaching the site
     seen = []
     m.injector.fn, fn = None, None
@@ -186,3 +204,9 @@ def test_atlas_padding_does_not_change_the_weights():
     mask = torch.cat([torch.ones(2, 5), torch.zeros(2, 3)], 1).long()
     assert torch.allclose(adapter_weight(q, k, padded_h, padded_out, mask), adapter_weight(q, k, h, out), atol=1e-6)
     assert not torch.allclose(adapter_weight(q, k, padded_h, padded_out), adapter_weight(q, k, h, out), atol=1e-3)
+
+
+def test_runner_stores_diagnostics(run):
+    m = run("scalearn_uniform_pp", steps=2)
+    assert sorted(m["diagnostics"]) == ["0", "1", "2", "3"]
+    assert all(isinstance(d["at_init"], bool) and len(d["sites"][0]["mean"]) == int(t) + 1 for t, d in m["diagnostics"].items())
