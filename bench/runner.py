@@ -194,6 +194,8 @@ class Run:
         scoring the seen tasks and checkpointing after each."""
         cfg, method, tasks, progress, T = self.cfg, self.method, self.tasks, state.progress, len(self.tasks)
         prefix, data = self.with_prefix(method, self.data)  # after resuming: the prefix's weights are final
+        # computing the prefix for the training and validation data is training: the first task pays it
+        prefix_s = 0.0 if prefix is None or progress["rows"] else sum(prefix.seconds.get(id(s), 0.0) for s in data["train"] + data["val"])
         if compile:
             compile_backbone(method)
         # a compiled forward runs its ops out of sight of the trace that settles a score
@@ -202,7 +204,8 @@ class Run:
         for group in groups[len(progress["rows"]) if not method.joint else len(progress["rows"]) // T:]:
             t0, i = time.time(), group[-1]
             trainable, stage_costs = train_group(method, group, self.plans, data, cfg, prefix, self.reuse_dir)
-            train_s = time.time() - t0 + reused_seconds(stage_costs)
+            train_s = time.time() - t0 + reused_seconds(stage_costs) + prefix_s
+            prefix_s = 0.0
             if method.joint:
                 progress["rows"] += [[None] * T for _ in range(T - 1)]
             row = [None] * T
