@@ -16,8 +16,8 @@ With a single source (task 1), the softmax over one adapter is the constant 1 an
 gradient; the fusion is then h + W_V a_0(h), and what improvisation learns is W_V (and the head):
 a linear map of the one earlier adapter's output, distilled into the new adapter. The text of the
 paper available to us does not treat this case; we keep the paper's procedure unchanged, which is
-meaningful from its first use only because W_V's learning rate is rescaled to the budget
-(`fusion_lr`, 100x AdapterFusion's 5e-5; at 5e-5 W_V moved ~1 % in 10 steps).
+meaningful from its first use only where W_V's learning rate suits the budget (the default
+sequence sets `fusion_lr` 5e-3, 100x AdapterFusion's 5e-5: at 5e-5 W_V moved ~1 % in 10 steps).
 
 The fusion is discarded before stage 3: it never enters `self.net` or a checkpoint, so inference
 and storage cost equal `adapter`'s. What it costs in training is reported: per-stage seconds,
@@ -44,7 +44,7 @@ from methods.adapter import Adapter, AdapterHParams
 @dataclass
 class I2IHParams(AdapterHParams):
     value_reg: float = 0.01      # lambda of the fusion's W_V regulariser
-    fusion_lr: float = 5e-3      # AdapterFusion's 5e-5 rescaled to tens of steps, as in methods/adapter_fusion.py
+    fusion_lr: float = 5e-5      # AdapterFusion's (Pfeiffer et al. 2021); the default sequence sets 5e-3
     improvise_data: float = 1.0  # fraction of the task's training data (and steps) for stages 1-2
 
     def __post_init__(self):

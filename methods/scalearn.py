@@ -10,10 +10,11 @@ Variants (the shape of w, per target task), for S adapter sites and width d:
     scalearn_uniform     a scalar per site and source    S * N
     scalearn_pp          a vector per source, shared by all sites   N * d
     scalearn_uniform_pp  one scalar per source                      N
-w is initialised N(2/N, 0.001); dropout on w while training (0.3; 0 for Uniform++) are the
-defaults of the authors' code (`scalearn*_2_avg_d03`, GLUE scripts); its lr 6e-3 is for thousands
-of steps: at the default's 10 scaling steps w moved < 0.01 from its initialisation, so the lr here is
-10x that (6e-2; tests/test_composition_learns.py: w grows for the one source that solves the task).
+w is initialised N(2/N, 0.001); dropout on w while training (0.3; 0 for Uniform++) and lr 6e-3
+are the defaults of the authors' code (`scalearn*_2_avg_d03`, GLUE scripts). That lr is for
+thousands of steps: at the default sequence's 10 scaling steps w moved < 0.01 from its
+initialisation, so that sequence sets 6e-2 (tests/test_composition_learns.py: w then grows for
+the one source that solves the task).
 
 Continual protocol here (task-incremental): the paper is two-stage -- single-task adapters first,
 then the scaling is learned over them -- so each task t trains in two stages:
@@ -40,7 +41,7 @@ from methods.adapter import Adapter, AdapterHParams
 class ScaLearnHParams(AdapterHParams):
     omega_init: float = 2.0       # w ~ N(omega_init / N, 0.001)
     omega_dropout: float = 0.3
-    omega_lr: float = 6e-2        # the paper's 6e-3 x 10, for tens of steps instead of thousands
+    omega_lr: float = 6e-3
     scaling_steps: float = 1.0    # stage-2 budget, as a multiple of the task's steps
 
     def __post_init__(self):

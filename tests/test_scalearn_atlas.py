@@ -15,7 +15,7 @@ from bench.store import load_tensors, runs_dir
 from methods.atlas import adapter_weight, orthogonality
 from conftest import ToyBackbone, training
 
-SEQUENCE = ["vqa_color", "text_mention", "digits", "vqa_shape"]  # the default: vl, text-only, image-only, vl
+SEQUENCE = ["vqa_color", "text_negation", "digits", "vqa_shape"]  # the default: vl, text-only, image-only, vl
 D, REDUCTION = 32, 16  # toy width, adapter reduction
 
 

@@ -90,9 +90,10 @@ class EmbeddedBackbone(Backbone):
         # No dropout: at tens of steps per task it regularises nothing measurable, and sampling its
         # masks on a CPU took 15-20 % of every training step (measured, bf16, one thread).
         with no_loading_bars():
-            # no pooler: the output is mean-pooled, so its 147,840 parameters would only be counted
-            self.encoder = AutoModel.from_pretrained(path, add_pooling_layer=False, hidden_dropout_prob=0.0,
-                                                     attention_probs_dropout_prob=0.0)
+            self.encoder = AutoModel.from_pretrained(path, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+            # no pooler (BertModel skips a None one): the output is mean-pooled, so its 147,840
+            # parameters would only be counted (loaded and dropped: `add_pooling_layer=False` prints a report)
+            self.encoder.pooler = None
             self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.hidden_size = self.encoder.config.hidden_size
         self.cache_key = f"minilm-l6+mobilenetv2-{IMAGE_SIZE}px"
