@@ -82,7 +82,7 @@ class I2I(Adapter):
             device = self.heads[t][0].weight.device
             self.improvised = fusion_set(len(self.injector), self.injector.widths).to(device)
             self.adapters[:t].requires_grad_(False)  # fixed sources: no weight gradients for them
-        elif ctx.stage.name == "train":
+        elif ctx.stage.name == "train" and t > 0:  # task 0's one stage is also "train": nothing improvised
             self.improvise_report[t] = self.improvise_diagnostics(t, ctx.train_data[t])
             self.improvised = None
 
