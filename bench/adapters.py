@@ -52,12 +52,38 @@ class Injector:
         self.modules = [mod for mod, _ in hooked]
         self.widths = [width for _, width in hooked]  # per site: modules built on sites use these
         self.fn: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+        # The padding mask [B, L] of the batch the backbone is computing (`Backbone.token_mask`),
+        # for site functions that pool over tokens (ATLAS); None outside a backbone forward. It is
+        # set by hooks on the backbone's own call, so a site function sees its batch's mask only.
+        self.mask: torch.Tensor | None = None
         self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)]
+        self._handles += [backbone.register_forward_pre_hook(self._enter), backbone.register_forward_hook(self._leave)]
+
+    def _enter(self, backbone, args):
+        self.mask = backbone.token_mask(args[0])
+
+    def _leave(self, backbone, args, output):
+        self.mask = None
 
     def _hook(self, index: int):
         def hook(module, inputs, output):
             return output if self.fn is None else self.fn(index, output)
         return hook
+
+    @torch.no_grad()
+    def probe(self, run: Callable[[], object], look: Callable[[int, torch.Tensor, torch.Tensor], None]) -> None:
+        """Call `run()` (a forward of the backbone) with `look(site, h, real)` seeing every site's
+        input h [B, L, d] and its real-token mask [B, L] (bool) before the active `fn` rewrites it."""
+        active = self.fn
+
+        def fn(i, h):
+            look(i, h, torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if self.mask is None else self.mask.bool())
+            return active(i, h)
+        self.fn = fn
+        try:
+            run()
+        finally:
+            self.fn = active
 
     def __len__(self) -> int:
         return len(self.modules)

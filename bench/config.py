@@ -34,6 +34,7 @@ class RunConfig:
     grad_clip: float = 1.0
     precision: str = "auto"                  # bf16 autocast or fp32; "auto" is resolved (bench/precision.py)
     steps: typing.Optional[int] = None       # training steps per task; None: the sequence's
+    steps_scale: float = 1.0                 # every task's steps x this (after `steps`): budget-matched references
     train_cap: typing.Optional[int] = None
     test_cap: typing.Optional[int] = None
     val_size: typing.Optional[int] = None
@@ -131,6 +132,7 @@ def plan_tasks(cfg: RunConfig, part: str = "tasks") -> list[TaskPlan]:
         for key in TASK_OPTIONS:
             if getattr(cfg, key, None) is not None:
                 opts[key] = getattr(cfg, key)
+        opts["steps"] = max(1, round(opts["steps"] * cfg.steps_scale))
         plans.append(TaskPlan(name=name, **opts))
     return plans
 

@@ -9,6 +9,7 @@ W_V starts as the identity (so training starts from an attention-weighted sum of
 own outputs) and is pulled back to it by the regulariser lambda * ||I - W_V||^2; W_Q and W_K start
 as BERT-style layers (N(0, 0.02), zero bias), as in the paper's code.
 """
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -64,3 +65,20 @@ def fused(fusions: nn.ModuleList, adapters: Sequence[nn.ModuleList]) -> Callable
 def value_regulariser(fusions: nn.ModuleList) -> torch.Tensor:
     """sum over sites of ||I - W_V||^2."""
     return torch.stack([f.value_penalty() for f in fusions]).sum()
+
+
+def attention_diagnostics(injector, fusions: nn.ModuleList, adapters: Sequence[nn.ModuleList], run) -> dict:
+    """Per site, over the real tokens of the inputs `run()` feeds the backbone: mean attention
+    entropy / log N (1 = uniform), mean top weight against 1/N, mean weight per source; "at_init"
+    when no site's mean top weight is 0.02 above uniform."""
+    sites = {}
+
+    def look(i, h, real):
+        probs = fusions[i].attention(h, torch.stack([a[i](h) for a in adapters], dim=-2))[real].float()
+        n = probs.shape[-1]
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean() / math.log(n) if n > 1 else torch.tensor(0.0)
+        sites[i] = {"entropy_vs_uniform": float(entropy), "top_weight": float(probs.max(-1).values.mean()),
+                    "uniform": 1 / n, "mean_weight": probs.mean(0).tolist()}
+    injector.probe(run, look)
+    return {"sites": [sites[i] for i in sorted(sites)],
+            "at_init": all(s["top_weight"] - s["uniform"] < 0.02 for s in sites.values())}

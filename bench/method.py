@@ -147,6 +147,12 @@ class Method:
     def end_task(self, ctx: TaskContext):
         pass
 
+    def diagnostics(self, t: int, data) -> dict:
+        """What a composition learned for task t, measured with its final model on `data` (task t's
+        test split): stored in metrics.json under "diagnostics" (AdapterFusion's attention entropy,
+        ATLAS's weights, ScaLearn's omega), with "at_init": true when it stayed where it started."""
+        return {}
+
     def predict(self, batch: dict, t: int) -> torch.Tensor:
         return self.forward(batch, t)
 

@@ -14,6 +14,7 @@ float summation order), the speed of no cache. That is how the cache is tested a
 """
 import dataclasses
 import hashlib
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,6 +50,9 @@ class FrozenPrefix:
         self.backbone, self.depth, self.whole, self.modules, self.precision = backbone, depth, whole, modules, precision
         backbone.frozen_depth = 0 if whole else depth
         self._fingerprint = None
+        # seconds computing the states of each split `attach` returned (by its id), as first computed:
+        # a state read from the cache costs what computing it took. Part of the method's training cost.
+        self.seconds: dict[int, float] = {}
         self.check()
 
     @classmethod
@@ -105,10 +109,11 @@ class FrozenPrefix:
         if cache_dir is not None and split.key is not None:
             tag = f"{'all' if self.whole else self.depth}-{self.fingerprint()}-{self.precision}"
             path = Path(cache_dir) / "prefix" / safe_name(self.backbone.cache_key) / f"{split.key}-{tag}.pt"
-        states = None
+        states, seconds = None, 0.0
         if path is not None and path.exists():
             try:
                 states = load_tensors(path)
+                seconds = float(states.pop("seconds", torch.tensor(0.0)))
                 if any(len(v) != len(split) for v in states.values()):
                     raise ValueError("cached prefix states do not match the split")
                 device = split.fields["label"].device
@@ -117,8 +122,12 @@ class FrozenPrefix:
                 states = None
                 path.unlink(missing_ok=True)
         if states is None:
+            t0 = time.time()
             parts = [self.state(batch) for batch in split.batches(batch_size)]
             states = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            seconds = time.time() - t0
             if path is not None:
-                save_tensors(path, {k: v.cpu() for k, v in states.items()})
-        return dataclasses.replace(split, fields={**split.fields, **states}, derive=None)
+                save_tensors(path, {**{k: v.cpu() for k, v in states.items()}, "seconds": torch.tensor(seconds)})
+        out = dataclasses.replace(split, fields={**split.fields, **states}, derive=None)
+        self.seconds[id(out)] = seconds
+        return out

@@ -195,6 +195,8 @@ class Run:
         scoring the seen tasks and checkpointing after each."""
         cfg, method, tasks, progress, T = self.cfg, self.method, self.tasks, state.progress, len(self.tasks)
         prefix, data = self.with_prefix(method, self.data)  # after resuming: the prefix's weights are final
+        # computing the prefix for the training and validation data is training: the first task pays it
+        prefix_s = 0.0 if prefix is None or progress["rows"] else sum(prefix.seconds.get(id(s), 0.0) for s in data["train"] + data["val"])
         if compile:
             compile_backbone(method)
         # a compiled forward runs its ops out of sight of the trace that settles a score
@@ -203,7 +205,8 @@ class Run:
         for group in groups[len(progress["rows"]) if not method.joint else len(progress["rows"]) // T:]:
             t0, i = time.time(), group[-1]
             trainable, stage_costs = train_group(method, group, self.plans, data, cfg, prefix, self.reuse_dir)
-            train_s = time.time() - t0 + reused_seconds(stage_costs)
+            train_s = time.time() - t0 + reused_seconds(stage_costs) + prefix_s
+            prefix_s = 0.0
             if method.joint:
                 progress["rows"] += [[None] * T for _ in range(T - 1)]
             row = [None] * T
@@ -211,6 +214,7 @@ class Run:
                 args = (j, data["test"][j], cfg.eval_batch_size, cfg.precision)
                 row[j] = scores.score(*args) if scores else score(method, *args)
             progress["rows"].append(row)
+            progress.setdefault("diagnostics", {})[str(i)] = method.diagnostics(i, data["test"][i])
             progress["train_s"] += [train_s / len(group)] * len(group)
             progress["trainable"] += [trainable] * len(group)
             progress["fit"] += stage_costs
@@ -375,6 +379,8 @@ def finish(cfg, run_dir, progress, tasks, method, device, total_s) -> dict:
         "time": {"train_s_per_task": progress["train_s"], "total_s": total_s},
         "peak_mem_mb": peak, "stages": progress["fit"], "provenance": provenance(cfg, device),
     }
+    if any(progress.get("diagnostics", {}).values()):
+        result["diagnostics"] = progress["diagnostics"]
     if progress.get("downstream"):
         result["downstream"] = downstream_transfer(cfg, run_dir, progress["downstream"])
     write_json(run_dir / "metrics.json", result)

@@ -69,7 +69,7 @@ _RANGES = [
      "an integer >= 1"),
     (("train_cap", "test_cap"), lambda v: v is None or (type(v) is int and v >= 1), "an integer >= 1"),
     (("lr", "head_lr", "shots"), lambda v: v is None or (type(v) in (int, float) and v > 0), "a number > 0"),
-    (("grad_clip",), lambda v: type(v) in (int, float) and v > 0, "a number > 0"),
+    (("grad_clip", "steps_scale"), lambda v: type(v) in (int, float) and v > 0, "a number > 0"),
     (("weight_decay",), lambda v: type(v) in (int, float) and v >= 0, "a number >= 0"),
     (("warmup",), lambda v: type(v) in (int, float) and 0 <= v <= 1, "a number from 0 to 1"),
 ]

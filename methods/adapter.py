@@ -4,9 +4,11 @@ adapters, after the attention output and after the FFN of every block, plus its 
 Earlier tasks' adapters are never touched again, so forgetting is zero by construction."""
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from bench.adapters import Injector, adapter_set
+from bench.backbones.base import pooled
 from bench.method import Method, Stage, require
 from bench.registry import METHODS
 
@@ -52,3 +54,9 @@ class Adapter(Method):
 
     def task_modules(self, t):
         return [self.heads[t], self.adapters[t]]
+
+    def probe_run(self, t: int, data, n: int = 256):
+        """A forward of task t's final model over the first n examples of `data`, for `Injector.probe`."""
+        self.activate(t, None)
+        batch = data.batch(torch.arange(min(n, len(data)), device=data.fields["label"].device))
+        return lambda: pooled(self.backbone, batch)

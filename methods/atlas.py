@@ -2,8 +2,9 @@
 Learning Strategy"). Each task t owns an adapter a_t per site, a key k_t describing it, and
 queries q_{t,n} with which task t reads adapter n <= t. At every adapter site:
 
-    c_{t,n}(h) = softmax_j(q . x_j / sqrt(d)) x_j  over x = [q_{t,n}; a_n(h) tokens]
-                                         (sample-level description of adapter n's output)
+    c_{t,n}(h) = softmax_j(q . x_j / sqrt(d)) x_j  over the tokens x = h + a_n(h)
+                                         (sample-level description of adapter n's output;
+                                          padding tokens excluded)
     w_{t,n}(h) = (cos(c_{t,n}(h), k_n) + 1) / 2            in [0, 1]
     h' = h + sum_{n <= t} w_{t,n}(h) * a_n(h)
 
@@ -17,8 +18,14 @@ image-only and vision-language inputs are all token sequences at the adapter sit
 sequences (the default one) need nothing special.
 
 From the authors' code (lihong2303/ATLAS, "adapter-whole-weighted"): c is an attention of the
-query over itself and the adapter's output tokens without projections (one head here, several
-there); queries and keys start N(0, 1); stage-1 queries use 100x the base lr (5e-2 there); the
+query over the adapter's output tokens without projections (one head here, several there), the
+residual stream added to the adapter's output first. Deviation, measured: our earlier reading
+also put the query itself among the attended tokens; its self-score |q|^2/sqrt(d) ~ 19.6 for an
+N(0, 1) query in d = 384, against O(1) for any token, put all the attention on it, so c = q and w
+was one number per site and source whatever the input (spread 3e-8 across 128 test inputs, with
+or without the residual). Attending over the sample's tokens only, c describes the sample and w
+varies with it (tests/test_composition_learns.py). Padding positions (`Injector.mask`) are left
+out, so w does not depend on how a batch was padded. Queries and keys start N(0, 1); stage-1 queries use 100x the base lr (5e-2 there); the
 orthogonality penalty (weight 0.1) is on the stacked queries and keys. DESIGN asks for
 orthogonality against the earlier adapters themselves too: we add their down-projections (the
 subspace an adapter reads, as O-LoRA does for LoRA's A) to the penalty. Deviation: the reference
@@ -57,12 +64,16 @@ class Vectors(nn.Module):
         self.weight = nn.Parameter(torch.randn(*shape))
 
 
-def adapter_weight(query: torch.Tensor, key: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """w = (cos(c, key) + 1) / 2 with c the attention of `query` over [query; out tokens].
-    query, key: [d]; out: adapter output [B, L, d] -> w [B] in [0, 1]."""
-    tokens = torch.cat([query.to(out.dtype).expand(out.shape[0], 1, -1), out], 1)
-    attention = torch.softmax(tokens @ query.to(out.dtype) / math.sqrt(out.shape[-1]), dim=1)
-    c = (attention.unsqueeze(-1) * tokens).sum(1)
+def adapter_weight(query: torch.Tensor, key: torch.Tensor, h: torch.Tensor, out: torch.Tensor,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """w = (cos(c, key) + 1) / 2 with c the attention of `query` over the tokens h + out.
+    query, key: [d]; site input h and adapter output out: [B, L, d]; mask: [B, L] (1 = real token,
+    None: all real) -> w [B] in [0, 1]."""
+    tokens = h + out
+    scores = tokens @ query.to(out.dtype) / math.sqrt(out.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask.bool(), float("-inf"))
+    c = (torch.softmax(scores, dim=1).unsqueeze(-1) * tokens).sum(1)
     return (nn.functional.cosine_similarity(c, key.to(out.dtype).expand_as(c), dim=-1) + 1) / 2
 
 
@@ -101,9 +112,10 @@ class Atlas(Adapter):
     def query(self, t: int, n: int, site: int) -> torch.Tensor:
         return self.experience[t].weight[site, n] if n < t else self.queries[t].weight[site]
 
-    def weights(self, t: int, site: int, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """w_{t,n} [B] for the sources n = 0..len(outputs)-1 at one site."""
-        return [adapter_weight(self.query(t, n, site), self.keys[n].weight[site], a) for n, a in enumerate(outputs)]
+    def weights(self, t: int, site: int, h: torch.Tensor, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """w_{t,n} [B] for the sources n = 0..len(outputs)-1 at one site with input h."""
+        return [adapter_weight(self.query(t, n, site), self.keys[n].weight[site], h, a, self.injector.mask)
+                for n, a in enumerate(outputs)]
 
     def activate(self, t, ctx):
         # stage 1 reads only the earlier adapters; afterwards task t reads adapters 0..t
@@ -111,7 +123,7 @@ class Atlas(Adapter):
 
         def fn(i, h):
             outputs = [self.adapters[n][i](h) for n in range(n_sources)]
-            return h + sum(w[:, None, None] * a for w, a in zip(self.weights(t, i, outputs), outputs))
+            return h + sum(w[:, None, None] * a for w, a in zip(self.weights(t, i, h, outputs), outputs))
         self.injector.fn = fn
 
     def ortho_penalty(self, t: int) -> torch.Tensor:
@@ -137,3 +149,15 @@ class Atlas(Adapter):
 
     def task_modules(self, t):
         return [self.heads[t], *self.adapters[: t + 1], *self.keys[: t + 1], self.queries[t], self.experience[t]]
+
+    def diagnostics(self, t, data):
+        """Per site and source n <= t: mean and spread (std) of w_{t,n} across the test inputs;
+        "at_init" (static gates) when no weight varies by 1e-4 across inputs."""
+        sites = {}
+
+        def look(i, h, real):
+            ws = torch.stack(self.weights(t, i, h, [self.adapters[n][i](h) for n in range(t + 1)])).float()
+            sites[i] = {"mean": ws.mean(1).tolist(), "spread": ws.std(1).tolist() if ws.shape[1] > 1 else [0.0] * len(ws)}
+        self.injector.probe(self.probe_run(t, data), look)
+        spread = max(max(s["spread"]) for s in sites.values())
+        return {"sites": [sites[i] for i in sorted(sites)], "at_init": spread < 1e-4}

@@ -45,10 +45,13 @@ class ExperienceReplay(Method):
     def setup(self):
         memory = nn.Module()
         memory.register_buffer("seed", torch.full((len(self.tasks),), -1, dtype=torch.long))  # -1: not seen yet
+        memory.register_buffer("values", torch.zeros(len(self.tasks), dtype=torch.long))  # scalars it stores, per task
         self.net["memory"] = memory
 
     def begin_task(self, ctx):
         self.net["memory"].seed[ctx.task] = ctx.seed
+        remembered = ctx.train_data[ctx.task].batch(self.memory(ctx.task, ctx.train_data))
+        self.net["memory"].values[ctx.task] = sum(v.numel() for v in remembered.values())
         self.generator = torch.Generator().manual_seed(ctx.seed)
         self.step = 0
 
@@ -77,6 +80,12 @@ class ExperienceReplay(Method):
 
     def after_step(self, ctx):
         self.step += 1
+
+    def param_report(self):
+        """The memory counts as stored: its examples' scalars (token ids, mask, image features)."""
+        report = super().param_report()
+        memory = int(self.net["memory"].values.sum())
+        return {**report, "stored": report["stored"] + memory, "memory_values": memory}
 
     def trainable_parameters(self, t, ctx):
         earlier_heads = [p for k in range(t) for p in self.heads[k].parameters()]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.backbones.base import pooled
-from bench.method import Method, logits, require, task_loss
+from bench.method import Method, logits, n_params, require, task_loss
 from bench.registry import METHODS
 
 
@@ -71,6 +71,12 @@ class LwF(Method):
 
     def end_task(self, ctx):
         self.teacher = None
+
+    def param_report(self):
+        """The frozen copy is stored beside the model while a task trains (from the second task on)."""
+        report = super().param_report()
+        teacher = n_params(self.net.parameters()) if len(self.tasks) > 1 else 0
+        return {**report, "stored": report["stored"] + teacher, "teacher": teacher}
 
     def trainable_parameters(self, t, ctx):
         earlier_heads = [p for k in range(t) for p in self.heads[k].parameters()]

@@ -10,8 +10,11 @@ Variants (the shape of w, per target task), for S adapter sites and width d:
     scalearn_uniform     a scalar per site and source    S * N
     scalearn_pp          a vector per source, shared by all sites   N * d
     scalearn_uniform_pp  one scalar per source                      N
-w is initialised N(2/N, 0.001); dropout on w while training (0.3; 0 for Uniform++) and
-lr 6e-3 are the defaults of the authors' code (`scalearn*_2_avg_d03`, GLUE scripts).
+w is initialised N(2/N, 0.001); dropout on w while training (0.3; 0 for Uniform++) and lr 6e-3
+are the defaults of the authors' code (`scalearn*_2_avg_d03`, GLUE scripts). That lr is for
+thousands of steps: at the default sequence's 10 scaling steps w moved < 0.01 from its
+initialisation, so that sequence sets 6e-2 (tests/test_composition_learns.py: w then grows for
+the one source that solves the task).
 
 Continual protocol here (task-incremental): the paper is two-stage -- single-task adapters first,
 then the scaling is learned over them -- so each task t trains in two stages:
@@ -103,6 +106,15 @@ class ScaLearn(Adapter):
 
     def task_modules(self, t):
         return [self.heads[t], *self.adapters[: t + 1], self.scalings[t]]
+
+    def diagnostics(self, t, data):
+        """omega_t per site (or shared) and source: mean and std over its width, against its
+        initialisation omega_init / N; "at_init" when its mean distance from it is < 0.01."""
+        omega = self.scalings[t].omega.detach().float()  # [S or 1, N, d or 1]
+        init = self.hp.omega_init / omega.shape[1]
+        return {"init": init, "sites": [{"mean": o.mean(-1).tolist(), "std": o.std(-1).tolist() if o.shape[-1] > 1 else [0.0] * len(o)}
+                                        for o in omega],
+                "moved": float((omega - init).abs().mean()), "at_init": float((omega - init).abs().mean()) < 0.01}
 
 
 @METHODS.register("scalearn_uniform")

@@ -83,8 +83,8 @@ def test_ewc_fisher_is_nonnegative_nonzero_and_anchored_after_task0(toy_data):
     assert all(torch.equal(a, p.detach()) for a, p in zip(anchor, ewc.penalised))
     # the Fisher and the anchor are part of the checkpointed state
     state = ewc.state_dict()
-    assert any(k.startswith("ewc.fisher.") for k in state) and any(k.startswith("ewc.anchor.") for k in state)
-    assert sum(float(state[k].sum()) for k in state if k.startswith("ewc.fisher.")) > 0
+    assert any(k.startswith("ewc.0.fisher.") for k in state) and any(k.startswith("ewc.0.anchor.") for k in state)
+    assert sum(float(state[k].sum()) for k in state if k.startswith("ewc.0.fisher.")) > 0
 
 
 def test_ewc_penalty_is_zero_at_anchor_and_grows_with_drift(toy_data):
@@ -109,8 +109,8 @@ def test_ewc_penalty_is_zero_at_anchor_and_grows_with_drift(toy_data):
     assert float(ewc.penalty().detach()) > 0
 
 
-def test_ewc_merged_penalty_has_the_gradient_of_the_per_task_sum(toy_data):
-    ewc = build("ewc", toy_data)
+def two_tasks_then_drift(ewc, toy_data) -> list:
+    """Train tasks 0 and 1, recording each one's Fisher and anchor, then move the backbone away."""
     per_task = []
     for t in (0, 1):
         ctx = begin(ewc, t, toy_data)
@@ -119,6 +119,12 @@ def test_ewc_merged_penalty_has_the_gradient_of_the_per_task_sum(toy_data):
         ewc.end_task(ctx)
     theta = live_backbone(ewc)
     set_backbone(ewc, theta + 0.05 * torch.randn(theta.shape, generator=torch.Generator().manual_seed(2)))
+    return per_task
+
+
+def test_ewc_merged_penalty_has_the_gradient_of_the_per_task_sum(toy_data):
+    ewc = build("ewc", toy_data)
+    per_task = two_tasks_then_drift(ewc, toy_data)
     merged = torch.autograd.grad(ewc.penalty(), ewc.penalised)
     explicit = ewc.hp.lam / 2 * sum((f * (p - a).square()).sum()
                                     for fisher, anchor in per_task for p, f, a in zip(ewc.penalised, fisher, anchor))
@@ -139,6 +145,23 @@ def test_online_ewc_decays_the_running_fisher_and_anchors_at_the_latest_task(toy
         torch.testing.assert_close(f, 0.5 * f0 + f1)
     assert all(torch.equal(a, p.detach()) for a, p in zip(anchor, ewc.penalised))
 
+
+
+def test_climb_ewc_penalises_one_random_earlier_task_per_step_at_full_lambda(toy_data):
+    """CLiMB's compute_ewc_loss: λ ΣF_k(θ−θ*_k)², k = random.choice(earlier tasks), every step."""
+    ewc = build("ewc", toy_data, climb=True)
+    per_task = two_tasks_then_drift(ewc, toy_data)
+    expected = [float(ewc.hp.lam * sum((f * (p - a).square()).sum() for p, f, a in zip(ewc.penalised, *per_task[k])))
+                for k in (0, 1)]
+    assert expected[0] != pytest.approx(expected[1])
+    ewc.net.eval()
+    batch = toy_data[1][2].batch(torch.arange(8))
+    ctx = task_context(ewc, 2, toy_data[1], stage=Stage())
+    plain = float(Method.loss(ewc, batch, 2, ctx))
+    torch.manual_seed(0)
+    drawn = [float(ewc.loss(batch, 2, ctx)) - plain for _ in range(40)]
+    assert all(min(abs(d - e) for e in expected) < 1e-3 * max(expected) for d in drawn)  # one task's term, each step
+    assert all(any(abs(d - e) < 1e-3 * e for d in drawn) for e in expected)  # both tasks are drawn
 
 # -- ER ----------------------------------------------------------------------------------------
 

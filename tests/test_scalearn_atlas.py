@@ -15,7 +15,7 @@ from bench.store import load_tensors, runs_dir
 from methods.atlas import adapter_weight, orthogonality
 from conftest import ToyBackbone, training
 
-SEQUENCE = ["vqa_color", "text_mention", "digits", "vqa_shape"]  # the default: vl, text-only, image-only, vl
+SEQUENCE = ["vqa_color", "text_negation", "digits", "vqa_shape"]  # the default: vl, text-only, image-only, vl
 D, REDUCTION = 32, 16  # toy width, adapter reduction
 
 
@@ -133,16 +133,18 @@ def test_atlas_weights_lie_in_unit_interval():
     g = torch.Generator().manual_seed(0)
     for scale in (1e-3, 1.0, 1e3):
         q, k = torch.randn(D, generator=g) * scale, torch.randn(D, generator=g)
-        w = adapter_weight(q, k, torch.randn(8, 6, D, generator=g) * scale)
+        h = torch.randn(8, 6, D, generator=g) * scale
+        w = adapter_weight(q, k, h, torch.randn(8, 6, D, generator=g) * scale)
         assert w.shape == (8,) and bool(((w >= 0) & (w <= 1)).all())
     q, silent = torch.randn(D, generator=g), torch.zeros(3, 4, D)
-    assert torch.allclose(adapter_weight(q, 5 * q, silent), torch.ones(3))   # key aligned with the query's description
-    assert torch.allclose(adapter_weight(q, -q, silent), torch.zeros(3), atol=1e-6)
+    same = q.expand(3, 4, D)  # every token equal to the query: the description is the query
+    assert torch.allclose(adapter_weight(q, 5 * q, same, silent), torch.ones(3))   # key aligned with the description
+    assert torch.allclose(adapter_weight(q, -q, silent, same), torch.zeros(3), atol=1e-6)
     m = build("atlas")
     randomise_adapters(m)
     h = torch.randn(4, 7, D)
     with torch.no_grad():
-        ws = m.weights(3, 2, [m.adapters[n][2](h) for n in range(4)])
+        ws = m.weights(3, 2, h, [m.adapters[n][2](h) for n in range(4)])
     assert len(ws) == 4 and all(bool(((w >= 0) & (w <= 1)).all()) for w in ws)
     assert len({round(float(w[0]), 6) for w in ws}) > 1  # the weights differ per adapter
 

@@ -50,6 +50,12 @@ class Backbone(nn.Module):
         backbone pools several images (ViLT on NLVR2) or modalities (CLIP fusion) side by side."""
         return self.hidden_size
 
+    def token_mask(self, batch: dict) -> torch.Tensor | None:
+        """Which positions of the token sequence at the adapter sites are real ([B, L], 1) rather
+        than padding (0), for the batch `forward` is given; None where the backbone does not say
+        (site functions then treat every position as real)."""
+        return None
+
     def freeze(self) -> "Backbone":
         for p in self.parameters():
             p.requires_grad_(False)

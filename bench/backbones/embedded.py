@@ -87,6 +87,9 @@ class EmbeddedBackbone(Backbone):
         # masks on a CPU took 15-20 % of every training step (measured, bf16, one thread).
         with no_loading_bars():
             self.encoder = AutoModel.from_pretrained(path, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+            # no pooler (BertModel skips a None one): the output is mean-pooled, so its 147,840
+            # parameters would only be counted (loaded and dropped: `add_pooling_layer=False` prints a report)
+            self.encoder.pooler = None
             self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.hidden_size = self.encoder.config.hidden_size
         self.cache_key = f"minilm-l6+mobilenetv2-{IMAGE_SIZE}px"
@@ -120,17 +123,23 @@ class EmbeddedBackbone(Backbone):
 
     def token_inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The transformer's input: embeddings [B, L, d], attention mask and token types [B, L]."""
-        ids, mask = batch["input_ids"], batch["attention_mask"]
+        ids = batch["input_ids"]
         embeds = self.encoder.embeddings.word_embeddings(ids)
         types = torch.zeros_like(ids)
         feats = batch.get("image_feats")
         if feats is not None:  # [B, n_images, 4, 1280] -> visual tokens right after [CLS], type 1
             vis = self.visual_proj(feats.flatten(1, 2).float())
-            B, V = vis.shape[:2]
             embeds = torch.cat([embeds[:, :1], vis, embeds[:, 1:]], 1)
-            mask = torch.cat([mask[:, :1], mask.new_ones(B, V), mask[:, 1:]], 1)
-            types = torch.cat([types[:, :1], types.new_ones(B, V), types[:, 1:]], 1)
-        return embeds, mask, types
+            types = torch.cat([types[:, :1], types.new_ones(vis.shape[:2]), types[:, 1:]], 1)
+        return embeds, self.token_mask(batch), types
+
+    def token_mask(self, batch: dict) -> torch.Tensor:
+        mask = batch["attention_mask"]
+        feats = batch.get("image_feats")
+        if feats is None:
+            return mask
+        B, V = mask.shape[0], feats.shape[1] * feats.shape[2]  # visual tokens are always real
+        return torch.cat([mask[:, :1], mask.new_ones(B, V), mask[:, 1:]], 1)
 
     def forward(self, batch: dict) -> torch.Tensor:
         embeds, mask, types = self.token_inputs(batch)
