@@ -1,31 +1,45 @@
 """Batched evaluation under inference mode: accuracy or VQA score, in %; scores carried forward for
 methods whose earlier tasks cannot change (`SettledScores`)."""
+import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from bench.data import EncodedSplit
+from bench.examples import cell_score
 from bench.precision import autocast
 from bench.store import state_digest
 
 
 @torch.inference_mode()
-def score(method, t: int, data: EncodedSplit, batch_size: int = 256, precision: str = "fp32", ctx=None) -> float:
-    """Task t's score on `data`: with the final model of task t, or as trained in `ctx` (validation)."""
-    task = method.tasks[t]
+def _example_scores(method, t: int, data: EncodedSplit, batch_size: int, precision: str, ctx):
+    """Per batch of task t's `data`, each example's score in [0, 1] (a device tensor): accuracy, or
+    the VQA soft score (min(#humans/3, 1)) of the predicted answer. With the final model of task
+    t, or as trained in `ctx` (validation)."""
+    metric = method.tasks[t].metric
     method.activate(t, ctx)
     method.net.eval()
-    total = 0.0  # a device tensor after the first batch: one host sync per evaluation, not per batch
-    for batch in data.batches(batch_size):
-        label = batch["label"]
-        with autocast(precision, label.device.type):
-            pred = method.predict(batch, t).argmax(-1)
-        if task.metric == "vqa_score":  # soft score (min(#humans/3, 1)) of the predicted answer
-            total = total + label.gather(1, pred[:, None]).sum().double()
-        else:
-            total = total + (pred == label).sum().double()
-    method.net.train()
+    try:
+        for batch in data.batches(batch_size):
+            label = batch["label"]
+            with autocast(precision, label.device.type):
+                pred = method.predict(batch, t).argmax(-1)
+            yield label.gather(1, pred[:, None])[:, 0] if metric == "vqa_score" else pred == label
+    finally:
+        method.net.train()
+
+
+def score(method, t: int, data: EncodedSplit, batch_size: int = 256, precision: str = "fp32", ctx=None) -> float:
+    """Task t's score (%) on `data`; one host sync per evaluation, not per batch."""
+    total = sum(values.sum().double() for values in _example_scores(method, t, data, batch_size, precision, ctx))
     return float(100.0 * total / len(data))
+
+
+def per_example_scores(method, t: int, data: EncodedSplit, batch_size: int = 256, precision: str = "fp32") -> np.ndarray:
+    """What `score` averages, per test example in the split's order (bool for accuracy, float32 VQA
+    scores), so bench.examples.cell_score of it is the score; for the report's statistics."""
+    parts = list(_example_scores(method, t, data, batch_size, precision, None))
+    return torch.cat([p if p.dtype == torch.bool else p.float() for p in parts]).cpu().numpy()
 
 
 # Calls that read or set a tensor's autograd flags, never its values: PEFT's set_adapter (in a
@@ -73,13 +87,14 @@ class SettledScores:
 
     def __init__(self, method):
         self.method = method
-        self.settled: dict[int, tuple[dict[str, torch.Tensor], str, float]] = {}
+        self.settled: dict[int, tuple[dict[str, torch.Tensor], str, np.ndarray]] = {}
 
     def registered(self) -> dict[str, torch.Tensor]:
         net = self.method.net
         return {**dict(net.named_parameters(remove_duplicate=False)), **dict(net.named_buffers(remove_duplicate=False))}
 
-    def score(self, t: int, data: EncodedSplit, batch_size: int = 256, precision: str = "fp32") -> float:
+    def examples(self, t: int, data: EncodedSplit, batch_size: int = 256, precision: str = "fp32") -> np.ndarray:
+        """Task t's per-example test scores (bench/examples.py), carried forward while settled."""
         tensors = self.registered()
         known = self.settled.get(t)
         if known is not None:
@@ -88,9 +103,12 @@ class SettledScores:
                 return value
         exempt = {id(x) for x in [*data.fields.values(), data.images] if isinstance(x, torch.Tensor)}
         with TensorReads({id(x): name for name, x in tensors.items()}, exempt) as reads:
-            value = score(self.method, t, data, batch_size, precision)
+            value = per_example_scores(self.method, t, data, batch_size, precision)
         if reads.foreign or not reads.read:  # read nothing of the model: the trace did not see the forward
             self.settled.pop(t, None)
         else:
             self.settled[t] = (reads.read, state_digest(reads.read), value)
         return value
+
+    def score(self, t: int, data: EncodedSplit, batch_size: int = 256, precision: str = "fp32") -> float:
+        return cell_score(self.examples(t, data, batch_size, precision))

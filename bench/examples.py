@@ -12,35 +12,13 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bench.errors import BenchError
-from bench.precision import autocast
 from bench.store import write_atomic
 
 EXAMPLES_FILE = "examples.npz"
 SPLITS = "splits"  # the npz entry holding each task's test split key (which examples the cells score)
 DTYPES = (np.dtype(bool), np.dtype(np.float32))
-
-
-@torch.inference_mode()
-def per_example_scores(method, t: int, data, batch_size: int = 256, precision: str = "fp32") -> np.ndarray:
-    """Each test example's score on task t in [0, 1], in the split's order: the values that
-    bench.evaluate.score averages (same batches, same autocast), so cell_score() of the result is
-    its score. One host copy per evaluation, not per batch."""
-    task = method.tasks[t]
-    method.net.eval()
-    parts = []
-    for batch in data.batches(batch_size):
-        label = batch["label"]
-        with autocast(precision, label.device.type):
-            pred = method.predict(batch, t).argmax(-1)
-        if task.metric == "vqa_score":  # soft score (min(#humans/3, 1)) of the predicted answer
-            parts.append(label.gather(1, pred[:, None])[:, 0].float())
-        else:
-            parts.append(pred == label)
-    method.net.train()
-    return torch.cat(parts).cpu().numpy()
 
 
 def cell_score(values: np.ndarray) -> float:

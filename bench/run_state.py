@@ -10,13 +10,16 @@ from pathlib import Path
 
 import torch
 
+from bench.examples import RunExamples
 from bench.store import load_tensors, save_tensors, state_digest, write_json
 
 
 class RunState:
     def __init__(self, run_dir: Path, method, log, name: str):
         self.method, self.log, self.name = method, log, name
-        self.progress_path, self.ckpt_path = run_dir / "progress.json", run_dir / "checkpoint.pt"
+        self.run_dir, self.progress_path, self.ckpt_path = run_dir, run_dir / "progress.json", run_dir / "checkpoint.pt"
+        # per-example test scores of every scored cell (bench/examples.py), for the report's statistics
+        self.examples = RunExamples()
         # rows of the score matrix, per task: training seconds, trainable parameters; per stage: costs;
         # per downstream task: its result
         self.progress = {"rows": [], "train_s": [], "trainable": [], "fit": [], "downstream": []}
@@ -36,6 +39,7 @@ class RunState:
                 raise ValueError("it was made from another build of the model")
             self.method.load_state_dict({**self.built, **state["method"]})
             self.progress, self.resumed = state["progress"], True
+            self.examples = RunExamples.load(self.run_dir) or RunExamples()
             self.progress.setdefault("downstream", [])
             self.log(f"[{self.name}] resuming after task {len(self.progress['rows'])}/{n_tasks}")
         except Exception as e:  # a partial or corrupt checkpoint is redone, not read
@@ -44,6 +48,7 @@ class RunState:
 
     def save(self) -> None:
         """Checkpoint after a task; not fsynced: a checkpoint damaged by a power cut is detected and redone."""
+        self.examples.save(self.run_dir)  # first: every checkpointed row has its per-example scores
         changed = {k: v for k, v in self.method.state_dict().items()
                    if k not in self.built or not torch.equal(v, self.built[k])}
         save_tensors(self.ckpt_path, {"finished": len(self.progress["rows"]), "method": changed,

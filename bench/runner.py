@@ -18,7 +18,8 @@ from bench.config import RunConfig, data_plans, plan_tasks, resolve
 from bench.context import TaskContext
 from bench.data import load_split
 from bench.errors import BenchError
-from bench.evaluate import SettledScores, score
+from bench.evaluate import SettledScores, per_example_scores, score
+from bench.examples import cell_score
 from bench.identity import data_fingerprint
 from bench.peak_memory import run_peak_mb
 from bench.precision import compile_backbone
@@ -212,7 +213,9 @@ class Run:
             row = [None] * T
             for j in range(i + 1) if method.evaluates_seen_tasks else [i]:
                 args = (j, data["test"][j], cfg.eval_batch_size, cfg.precision)
-                row[j] = scores.score(*args) if scores else score(method, *args)
+                values = scores.examples(*args) if scores else per_example_scores(method, *args)
+                row[j] = cell_score(values)
+                state.examples.record(len(progress["rows"]), j, values, data["test"][j].key)
             progress["rows"].append(row)
             progress.setdefault("diagnostics", {})[str(i)] = method.diagnostics(i, data["test"][i])
             progress["train_s"] += [train_s / len(group)] * len(group)

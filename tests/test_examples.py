@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from bench.context import TaskContext
 from bench.data import EncodedSplit, load_split
 from bench.errors import BenchError
-from bench.evaluate import score
-from bench.examples import EXAMPLES_FILE, RunExamples, cell_score, per_example_scores
+from bench.evaluate import per_example_scores, score
+from bench.examples import EXAMPLES_FILE, RunExamples, cell_score
 from bench.registry import BACKBONES, METHODS, TASKS
 from bench.task import Task
 
@@ -28,10 +29,11 @@ def trained_finetune(cache_dir):
     torch.manual_seed(0)
     method = cls(backbone, [task], cls.HParams())
     method.setup()
-    opt = torch.optim.SGD([p for g in method.trainable_parameters(0) for p in g["params"]], lr=0.05)
+    ctx = TaskContext(task=0, tasks=(0,), train_data=[train], seed=0, lr=cls.lr, head_lr=cls.head_lr, precision="fp32")
+    opt = torch.optim.SGD([p for g in method.trainable_parameters(0, ctx) for p in g["params"]], lr=0.05)
     for batch in train.batches(16, torch.Generator().manual_seed(0)):
         opt.zero_grad()
-        method.loss(batch, 0).backward()
+        method.loss(batch, 0, ctx).backward()
         opt.step()
     return method, test
 
@@ -60,6 +62,9 @@ class FixedLogits:
     def __init__(self, logits: torch.Tensor, metric: str):
         self.net, self.logits = nn.Module(), logits
         self.tasks = [Task("stub", "text", [str(c) for c in range(logits.shape[1])], metric=metric)]
+
+    def activate(self, t, ctx):
+        pass
 
     def predict(self, batch, t):
         return self.logits[batch["row"]]

@@ -24,12 +24,12 @@ def test_a_subclass_does_not_inherit_the_isolation_declaration():
 @pytest.fixture
 def scored(monkeypatch):
     """The tasks scored (forward passes run) through SettledScores, in order."""
-    calls, real = [], evaluate.score
+    calls, real = [], evaluate.per_example_scores
 
     def counting(method, t, *args, **kwargs):
         calls.append(t)
         return real(method, t, *args, **kwargs)
-    monkeypatch.setattr(evaluate, "score", counting)
+    monkeypatch.setattr(evaluate, "per_example_scores", counting)
     return calls
 
 
