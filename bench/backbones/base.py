@@ -33,6 +33,14 @@ class Backbone(nn.Module):
         "attn" (attention output projection) and "ffn" (feed-forward output projection)."""
         raise NotImplementedError
 
+    # -- prompt injection (bench/prompts.py) --
+    block_mask_arg: str = "attention_mask"  # the blocks' attention-mask argument
+
+    @property
+    def towers(self) -> list[list[nn.Module]]:
+        """The blocks of each transformer stack, bottom to top: prompts are placed per tower."""
+        return [self.layers]
+
     def adapter_width(self, layer: nn.Module) -> int:
         """Width d of the tensors at `layer`'s adapter sites (the towers of a dual encoder differ)."""
         return self.hidden_size

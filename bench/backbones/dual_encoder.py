@@ -56,8 +56,12 @@ class DualEncoder(Backbone):
         return self.hidden_size * task.n_images * (3 if task.kind == "vl" else 1)
 
     @property
+    def towers(self) -> list[list[nn.Module]]:
+        return [self.vision_blocks, self.text_blocks]
+
+    @property
     def layers(self) -> list[nn.Module]:
-        towers = [self.vision_blocks, self.text_blocks]
+        towers = self.towers
         order = sorted(((i + 0.5) / len(blocks), k, i) for k, blocks in enumerate(towers) for i in range(len(blocks)))
         return [towers[k][i] for _, k, i in order]
 

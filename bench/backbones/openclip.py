@@ -62,6 +62,7 @@ def create(name: str, pretrained: str | None):
 @BACKBONES.register("open_clip")
 class OpenCLIPBackbone(DualEncoder):
     text_keys = ("input_ids", "has_text")
+    block_mask_arg = "attn_mask"  # ResidualAttentionBlock(q_x, ..., attn_mask): float [L, L] or None
 
     def __init__(self, arg: str | None = None):
         super().__init__()
