@@ -1,23 +1,27 @@
 """The one prompt injection mechanism: prompt tokens placed into the backbone's token sequence.
 
-`PromptInjector` hooks every transformer block of every tower (`Backbone.towers`). A method
-gives it, for one forward, `{(tower, depth): (tokens [N, n, d], last)}`: the n tokens are
+`PromptInjector` hooks the transformer blocks of each tower (`Backbone.towers`) for one forward
+(`use`), given `{(tower, depth): (tokens [N, n, d], last)}`: the n tokens are
 prepended to the hidden states entering block `depth` of that tower, attended by (and attending)
 the sequence in blocks depth..last, and removed after block `last`. Every block's attention
 mask is widened to cover them; positions, pooling and everything outside the blocks see the
 sequence unchanged. Two uses:
   - prompt tuning (L2P): inserted before block 0, removed after the last block;
   - a per-layer prefix (DualPrompt, CODA-Prompt): inserted before block l, removed after it, so
-    the tokens serve only as extra keys and values of block l's attention: k = W_k LN(p), v =
-    W_v LN(p) (the block's own norm and projections), a reparameterisation of prefix-tuning's
-    free key/value prefixes in which a token's key and value are tied.
+    the tokens serve only as extra keys and values of block l's attention: k = W_k n(p), v =
+    W_v n(p) (the block's own projections, after its pre-attention norm n where it has one: ViLT,
+    CLIP), a reparameterisation of prefix-tuning's free key/value prefixes in which a token's key
+    and value are tied.
 Per backbone only the name of the blocks' mask argument differs (`Backbone.block_mask_arg`).
 PEFT's prompt/prefix tuning is not used: it feeds one prompt per adapter through the HF model's
 `past_key_values` / input embeddings, and cannot pick prompts per example from a query, which all
 three methods do; ViLT's and CLIP's HF layers take no `past_key_values`, and open_clip is not HF.
 
 `Prompted` is the base of the prompt methods: frozen backbone, a head per task, and
-forward = query (the frozen backbone's pooled output) -> prompts -> prompted forward.
+forward = query (the frozen backbone's pooled output) -> prompts -> prompted forward. The query
+is what `frozen` caches: the whole backbone is frozen and, outside `use`, unhooked, so the
+method declares it a frozen prefix and reads the query from the cache (bench/prefix.py); the
+prompted forward drops the cached field and runs the backbone on the example.
 """
 import inspect
 from contextlib import contextmanager
@@ -25,7 +29,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from bench.backbones.base import pooled
+from bench.backbones.base import FROZEN, pooled
 from bench.method import Method, logits, task_loss
 from bench.prefix import eval_mode
 
@@ -48,34 +52,38 @@ def widen_mask(mask: torch.Tensor | None, n: int, length: int, causal: bool) -> 
 
 
 class PromptInjector:
-    """Hooks every block of every tower; `use(prompts)` puts prompt tokens in for one forward."""
+    """Puts prompt tokens into the backbone's blocks for one forward (`use`). Its hooks exist only
+    inside `use`: outside it the backbone is untouched, so its unprompted output can be cached."""
 
     def __init__(self, backbone):
         self.towers = backbone.towers
         self.widths = [backbone.adapter_width(tower[0]) for tower in self.towers]
+        self.mask_arg = backbone.block_mask_arg
+        self.signatures = [[inspect.signature(block.forward) for block in tower] for tower in self.towers]
         self.prompts: dict = {}
         self.live: dict[int, tuple[int, int]] = {}  # tower -> (n tokens in the sequence, last block)
-        self._handles = []
-        for k, tower in enumerate(self.towers):
-            for i, block in enumerate(tower):
-                sig = inspect.signature(block.forward)
-                self._handles += [block.register_forward_pre_hook(self._pre(k, i, sig, backbone.block_mask_arg), with_kwargs=True),
-                                  block.register_forward_hook(self._post(k, i))]
 
     @contextmanager
     def use(self, prompts: dict):
         self.prompts, self.live = prompts, {}
+        handles = []
+        for k in sorted({k for k, _ in prompts}):
+            for i, block in enumerate(self.towers[k]):
+                handles += [block.register_forward_pre_hook(self._pre(k, i), with_kwargs=True),
+                            block.register_forward_hook(self._post(k, i))]
         try:
             yield
         finally:
+            for h in handles:
+                h.remove()
             self.prompts, self.live = {}, {}
 
-    def _pre(self, k: int, i: int, sig, mask_arg: str):
+    def _pre(self, k: int, i: int):
         def hook(block, args, kwargs):
             inserted = (k, i) in self.prompts
             if not inserted and k not in self.live:
                 return None
-            bound = sig.bind(*args, **kwargs)
+            bound = self.signatures[k][i].bind(*args, **kwargs)
             name = next(iter(bound.arguments))  # every block takes its hidden states first
             hidden = bound.arguments[name]
             if inserted:
@@ -88,7 +96,7 @@ class PromptInjector:
             else:
                 length = hidden.shape[1] - self.live[k][0]
             causal = bool(bound.arguments.get("kwargs", {}).get("is_causal"))  # HF CLIP's text tower
-            bound.arguments[mask_arg] = widen_mask(bound.arguments.get(mask_arg), self.live[k][0], length, causal)
+            bound.arguments[self.mask_arg] = widen_mask(bound.arguments.get(self.mask_arg), self.live[k][0], length, causal)
             return bound.args, bound.kwargs
         return hook
 
@@ -132,12 +140,19 @@ class Prompted(Method):
         """Tasks begun so far: a prediction chooses among their prompts (not yet trained ones are noise)."""
         return int(self.net["seen"].n)
 
+    def frozen_prefix(self) -> int:
+        """The whole backbone: frozen, and unhooked outside a prompted forward, so the runner caches
+        its unprompted pooled output once per example (bench/prefix.py) -- the query."""
+        return len(self.backbone.layers)
+
     def query(self, batch: dict) -> torch.Tensor:
         """The frozen, unprompted backbone's pooled output [N, d], one row per forwarded sequence
-        (multiple-choice: per choice), folded to the hidden width."""
-        with torch.no_grad(), eval_mode([self.backbone]):
-            q = fold(pooled(self.backbone, batch).float(), self.backbone.hidden_size)
-        return q.flatten(0, -2)
+        (multiple-choice: per choice), folded to the hidden width; from the cache when there."""
+        q = batch.get(FROZEN + "pooled")
+        if q is None:
+            with torch.no_grad(), eval_mode([self.backbone]):
+                q = pooled(self.backbone, batch)
+        return fold(q.float(), self.backbone.hidden_size).flatten(0, -2)
 
     def prompts(self, q: torch.Tensor, t: int, training: bool) -> tuple[dict, torch.Tensor]:
         """({(tower, depth): (tokens [N, n, d], last block)}, the auxiliary loss, weighted) for
@@ -146,8 +161,9 @@ class Prompted(Method):
 
     def outputs(self, batch: dict, t: int, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         spans, aux = self.prompts(self.query(batch), t, training)
+        fields = {k: v for k, v in batch.items() if not k.startswith(FROZEN)}  # the prompted forward is not cached
         with self.injector.use(spans):
-            return logits(self.heads[t], pooled(self.backbone, batch)), aux
+            return logits(self.heads[t], pooled(self.backbone, fields)), aux
 
     def forward(self, batch, t):
         return self.outputs(batch, t, False)[0]
