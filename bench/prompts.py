@@ -133,6 +133,7 @@ class Prompted(Method):
         self.net["seen"] = seen
 
     def begin_task(self, ctx):
+        super().begin_task(ctx)
         self.net["seen"].n.fill_(max(self.seen, ctx.task + 1))
 
     @property
