@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.prompts import Prompted
+from bench.prompts import Prompted, at_least
 from bench.registry import METHODS
 
 
@@ -34,8 +34,7 @@ class CODAPromptHParams:
     last: int = 4
 
     def __post_init__(self):
-        if self.pool_size < 1 or self.length < 1:
-            raise BenchError(f"coda_prompt.pool_size and length must be >= 1, got {self.pool_size}, {self.length}")
+        at_least("coda_prompt", 1, pool_size=self.pool_size, length=self.length)
         if not 0 <= self.first <= self.last:
             raise BenchError(f"coda_prompt: need 0 <= first <= last, got {self.first}, {self.last}")
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.prompts import Prompted, cosine, uniform
+from bench.prompts import Prompted, at_least, cosine, uniform
 from bench.registry import METHODS
 
 
@@ -38,13 +38,11 @@ class DualPromptHParams:
     match_weight: float = 1.0  # lambda
 
     def __post_init__(self):
-        if min(self.g_length, self.e_length) < 1:
-            raise BenchError(f"dualprompt.g_length and e_length must be >= 1, got {self.g_length}, {self.e_length}")
+        at_least("dualprompt", 1, g_length=self.g_length, e_length=self.e_length)
+        at_least("dualprompt", 0, match_weight=self.match_weight)
         if not -1 <= self.g_last < self.e_first <= self.e_last:
             raise BenchError(f"dualprompt: need -1 <= g_last < e_first <= e_last (G below E), got "
                              f"{self.g_last}, {self.e_first}, {self.e_last}")
-        if self.match_weight < 0:
-            raise BenchError(f"dualprompt.match_weight must be >= 0, got {self.match_weight}")
 
 
 @METHODS.register("dualprompt")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.prompts import Prompted, cosine, uniform
+from bench.prompts import Prompted, at_least, cosine, uniform
 from bench.registry import METHODS
 
 
@@ -37,12 +37,10 @@ class L2PHParams:
     match_weight: float = 0.1  # lambda, the surrogate loss's weight
 
     def __post_init__(self):
-        if self.pool_size < 1 or self.length < 1:
-            raise BenchError(f"l2p.pool_size and l2p.length must be >= 1, got {self.pool_size}, {self.length}")
-        if not 1 <= self.top_k <= self.pool_size:
-            raise BenchError(f"l2p.top_k must be in [1, pool_size={self.pool_size}], got {self.top_k}")
-        if self.match_weight < 0:
-            raise BenchError(f"l2p.match_weight must be >= 0, got {self.match_weight}")
+        at_least("l2p", 1, pool_size=self.pool_size, length=self.length, top_k=self.top_k)
+        at_least("l2p", 0, match_weight=self.match_weight)
+        if self.top_k > self.pool_size:
+            raise BenchError(f"l2p.top_k must be at most pool_size={self.pool_size}, got {self.top_k}")
 
 
 @METHODS.register("l2p")

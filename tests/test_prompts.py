@@ -193,7 +193,7 @@ def test_coda_prompt_is_the_weighted_sum_of_components_and_earlier_ones_stay_fro
 
 
 # -- validation, cost, runs ----------------------------------------------------------------------
-@pytest.mark.parametrize("name,hp,message", [("l2p", {"top_k": 11}, "top_k"), ("dualprompt", {"e_first": 1}, "G below E"),
+@pytest.mark.parametrize("name,hp,message", [("l2p", {"top_k": 11}, "top_k must be at most"), ("l2p", {"length": 0}, "l2p.length must be >= 1"), ("dualprompt", {"e_first": 1}, "G below E"),
                                               ("coda_prompt", {"first": 3, "last": 2}, "first <= last")])
 def test_bad_hyperparameters_are_one_line_errors(name, hp, message):
     with pytest.raises(BenchError, match=message):
