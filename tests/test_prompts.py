@@ -15,7 +15,7 @@ from test_baselines import begin, build, toy_data, train_steps  # noqa: F401  (t
 from tiny_models import tiny  # noqa: F401  (session fixture)
 
 # the toy backbone has 2 blocks: the methods' defaults (blocks 0-4) are rescaled to it
-TOY = {"l2p": {}, "dualprompt": {"g_last": 0, "e_first": 1, "e_last": 1}, "coda_prompt": {"pool_size": 8, "length": 2}}
+TOY = {"l2p": {}, "dualprompt": {"g_last": 0, "e_first": 1, "e_last": 1, "e_length": 5}, "coda_prompt": {"pool_size": 8, "length": 2}}
 RNG = np.random.default_rng(0)
 IMAGES = [RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
 TEXTS = ["what color is the big circle on the left?", "red"]  # the second is padded in a batch
@@ -202,8 +202,8 @@ def test_bad_hyperparameters_are_one_line_errors(name, hp, message):
 
 # per task on the toy backbone (32 wide, 2 blocks), by hand: (trained, stored in all)
 PROMPTS = {"l2p": (10 * 5 * 32 + 10 * 32,) * 2,                  # the pool: 10 prompts of 5 tokens, 10 keys
-           "dualprompt": (5 * 32 + 20 * 32 + 32,                # G at block 0, E_t at block 1, key k_t
-                          5 * 32 + 4 * (20 * 32 + 32)),         # G + 4 tasks' E-prompts and keys
+           "dualprompt": (5 * 32 + 5 * 32 + 32,                 # G at block 0, E_t at block 1, key k_t
+                          5 * 32 + 4 * (5 * 32 + 32)),          # G + 4 tasks' E-prompts and keys
            "coda_prompt": (2 * (2 * 2 * 32 + 2 * 2 * 32),       # 2 blocks x 2 components x (K, A: 2 x 32; P: 2 tokens x 32)
                            4 * 2 * (2 * 2 * 32 + 2 * 2 * 32))}  # 4 tasks' components
 
