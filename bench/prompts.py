@@ -35,7 +35,7 @@ from bench.method import Method, logits, task_loss
 from bench.prefix import eval_mode
 
 
-def widen_mask(mask: torch.Tensor | None, n: int, length: int, causal: bool) -> torch.Tensor | None:
+def widen_mask(mask: torch.Tensor | None, n: int, length: int, causal: bool, device=None) -> torch.Tensor | None:
     """`mask` over a sequence of `length` tokens -> over n prompt tokens prepended to it. Keys: the
     prompts are visible to every query. Queries (when the mask has a row per token): a prompt
     attends to the prompts and to what the first token attends to. Bool masks: True = attend
@@ -43,7 +43,7 @@ def widen_mask(mask: torch.Tensor | None, n: int, length: int, causal: bool) -> 
     if mask is None:
         if not causal:
             return None
-        mask = torch.ones(length, length, dtype=torch.bool).tril()[None, None]  # the HF causal mask SDPA skipped
+        mask = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]  # the HF causal mask SDPA skipped
     attend = True if mask.dtype == torch.bool else 0.0
     mask = torch.cat([mask.new_full((*mask.shape[:-1], n), attend), mask], -1)
     if mask.shape[-2] == length and length > 1:
@@ -97,7 +97,8 @@ class PromptInjector:
             else:
                 length = hidden.shape[1] - self.live[k][0]
             causal = bool(bound.arguments.get("kwargs", {}).get("is_causal"))  # HF CLIP's text tower
-            bound.arguments[self.mask_arg] = widen_mask(bound.arguments.get(self.mask_arg), self.live[k][0], length, causal)
+            bound.arguments[self.mask_arg] = widen_mask(bound.arguments.get(self.mask_arg), self.live[k][0], length, causal,
+                                                     hidden.device)
             return bound.args, bound.kwargs
         return hook
 

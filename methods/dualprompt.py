@@ -76,7 +76,7 @@ class DualPrompt(Prompted):
             aux = self.hp.match_weight * (1 - cosine(q, pm["key"][t][None])).mean()
         else:
             pick = self.select(q)
-            self.selection_hits[t] += torch.stack([(pick == t).sum(), torch.tensor(N)]).cpu()
+            self.selection_hits[t] += torch.tensor([int((pick == t).sum()), N])
             chosen = [torch.stack([pm["e"][k][j] for k in range(len(self.tasks))])[pick] for j in range(len(self.e_sites))]
             aux = q.new_zeros(())
         spans.update({site: (e, site[1]) for site, e in zip(self.e_sites, chosen)})

@@ -6,6 +6,7 @@ import pytest
 from bench.errors import BenchError
 from bench.registry import METHODS
 from conftest import run_method
+from test_prompts import shallow
 from tiny_models import tiny  # noqa: F401  (session fixture)
 
 SINGLE_WIDTH = {"atlas", "scalearn", "scalearn_pp"}  # [sites, ..., d] tensors: need one width at every site
@@ -15,7 +16,7 @@ SINGLE_WIDTH = {"atlas", "scalearn", "scalearn_pp"}  # [sites, ..., d] tensors: 
 def test_every_method_runs_on_clip_or_refuses_clearly(tmp_path, cache_dir, tiny, method):  # noqa: F811
     def run():
         return run_method(method, tmp_path / "results", cache_dir, backbone=tiny["hf_clip"], steps=2,
-                          sets=["train_cap=48", "test_cap=32", "val_size=16"])
+                          sets=["train_cap=48", "test_cap=32", "val_size=16", *shallow(method)])
     if method in SINGLE_WIDTH:
         with pytest.raises(BenchError, match="differ in width") as err:
             run()

@@ -9,6 +9,7 @@ from bench.registry import METHODS
 from bench.runner import execute
 from bench.store import load_tensors, runs_dir
 from conftest import run_method
+from test_prompts import shallow
 
 OFF = dict(reuse_stages=False, reuse_scores=False, cache_prefix=False)
 
@@ -23,7 +24,7 @@ def trained_after_each_task(method, out, cache_dir, monkeypatch):
         return real_execute(cfg, out, **{**kw, "log": lambda line: " task " in line and snapshots.append(
             load_tensors(ckpt)["method"])})
     monkeypatch.setattr("bench.runner.execute", snapshotting)
-    return run_method(method, out, cache_dir, **OFF), snapshots
+    return run_method(method, out, cache_dir, sets=shallow(method), **OFF), snapshots
 
 
 def isolation_broken(snapshots) -> str | None:

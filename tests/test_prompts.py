@@ -16,6 +16,13 @@ from tiny_models import tiny  # noqa: F401  (session fixture)
 
 # the toy backbone has 2 blocks: the methods' defaults (blocks 0-4) are rescaled to it
 TOY = {"l2p": {}, "dualprompt": {"g_last": 0, "e_first": 1, "e_last": 1, "e_length": 5}, "coda_prompt": {"pool_size": 8, "length": 2}}
+
+
+def shallow(method: str) -> list[str]:
+    """`--set`s that fit a prompt method's defaults to the 2-block tiny backbones (others: none)."""
+    return [f"{method}.{k}={v}" for k, v in TOY.get(method, {}).items()]
+
+
 RNG = np.random.default_rng(0)
 IMAGES = [RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
 TEXTS = ["what color is the big circle on the left?", "red"]  # the second is padded in a batch
@@ -212,7 +219,7 @@ PROMPTS = {"l2p": (10 * 5 * 32 + 10 * 32,) * 2,                  # the pool: 10 
 def test_runs_and_reports_its_prompts(run, name):
     from bench.method import n_params
     from bench.registry import TASKS
-    metrics = run(name, sets=[f"{name}.{k}={v}" for k, v in TOY[name].items()])
+    metrics = run(name, sets=shallow(name))
     assert all(None not in row[: i + 1] for i, row in enumerate(metrics["matrix"]))
     toy = BACKBONES.get("toy")()
     tasks = [TASKS.get(n)() for n in ("vqa_color", "text_mention", "digits", "vqa_shape")]
