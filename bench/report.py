@@ -80,10 +80,11 @@ def cell(row, key: str) -> str:
     mean, std, n = row[f"{key}_mean"], row.get(f"{key}_std"), row["n"]
     if pd.isna(mean):
         return "–"
+    text = f"{mean:.1f}" if n < 2 or pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
     low, high = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
     if low is not None and high is not None and not (pd.isna(low) or pd.isna(high)):
-        return f"{mean:.1f} [{low:.1f}, {high:.1f}]"
-    return f"{mean:.1f}" if n < 2 or pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
+        return f"{text} [{low:.1f}, {high:.1f}]"
+    return text
 
 
 def metric_columns(table: pd.DataFrame) -> list[tuple[str, str, bool, str]]:
@@ -112,6 +113,8 @@ def pretty(table: pd.DataFrame) -> pd.DataFrame:
     out["Stored"] = table["stored"].map(_human)
     out["Inference"] = table["inference"].map(_human)
     out["Train s"] = table["train_s"].map(lambda v: f"{v:.0f}")
+    if "group" in table:
+        out["Group"] = table["group"].fillna("")
     out["n"] = table["n"]
     return out
 
@@ -159,7 +162,7 @@ def write_report(out="results", options: ReportOptions | None = None) -> dict:
     if not runs:
         raise BenchError(f"no finished runs under {out}/runs (run `python run_bench.py run` first)")
     df = runs_frame(runs)
-    table = leaderboard(df)
+    table, claims = with_statistics(leaderboard(df), out)
     nice = pretty(table)
     write_text(out / "leaderboard.csv", table.to_csv(index=False))
     md = _markdown(nice)
@@ -168,6 +171,8 @@ def write_report(out="results", options: ReportOptions | None = None) -> dict:
         md += "\n\nFailed runs:\n" + "\n".join(f"- `{rid}`: {why}" for rid, why in failed)
     write_text(out / "leaderboard.md", md + "\n")
     write_text(out / "leaderboard.tex", nice.to_latex(index=False, escape=True).replace("±", r"$\pm$"))
+    if claims:
+        write_text(out / "claims.md", claims + "\n")
     from bench.figures import write_figures
     scores = [k for k in downstream_keys(table) if k != DOWN_TRANSFER]
     figures = write_figures(runs, table, out / "figures", options.figure_width, scores)
@@ -176,6 +181,30 @@ def write_report(out="results", options: ReportOptions | None = None) -> dict:
     page = write_results_page(out, runs, leaderboards, failed, [(label, key) for key, label, _ in COLUMNS])
     return {"table": nice, "paths": [out / "leaderboard.csv", out / "leaderboard.md", out / "leaderboard.tex"],
             "figures": figures, "failed": failed, "page": page}
+
+
+def with_statistics(table: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, str]:
+    """`table` with 95 % CIs of the final average, forgetting and transfer (`<key>_ci_low/high`) and
+    the groups of statistically indistinguishable methods (`group`), bootstrapped over seeds and
+    test examples from the runs' per-example scores (bench/stats.py); a ranked-CI figure per
+    setting; and the papers' claims judged on them (bench/claims.py), as Markdown."""
+    from bench.cache import safe_name
+    from bench.claims import PAPER_CLAIMS, claims_markdown, judge
+    from bench.stats import bootstrap, ci_table, load_settings, write_ci_figure
+    cis, claims = [], []
+    for s in load_settings(out):
+        if not s.runs:
+            continue
+        boot = bootstrap(s.runs, baseline="finetune" if any(r.method == "finetune" for r in s.runs) else None)
+        ci = ci_table(boot, s.sequence, s.backbone)
+        write_ci_figure(ci, out / "figures" / f"ci-{safe_name(Path(s.sequence).stem)}-{safe_name(s.backbone)}")
+        cis.append(ci)
+        claims.append(f"### {s.sequence} / {s.backbone}\n\n{claims_markdown(judge(PAPER_CLAIMS, boot))}")
+    if not cis:
+        return table, ""
+    ci = pd.concat(cis)
+    keep = ["sequence", "backbone", "method", "group"] + [c for c in ci.columns if c.endswith(("_ci_low", "_ci_high"))]
+    return table.merge(ci[keep], on=["sequence", "backbone", "method"], how="left"), "\n\n".join(claims)
 
 
 def _markdown(df: pd.DataFrame) -> str:
