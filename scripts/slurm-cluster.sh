@@ -104,7 +104,7 @@ JobRequeue=1
 MaxArraySize=1001
 ReturnToService=2
 MinJobAge=600
-KillWait=5
+KillWait=2
 PlugStackConfig=$dir/plugstack.conf
 NodeName=$host NodeAddr=127.0.0.1 CPUs=2 RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP

@@ -26,7 +26,7 @@ from test_executors import CONFTEST, matrices, suite, toy_waves, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGINS = f"{CONFTEST},{Path(engine_plugin.__file__).resolve()}"
-PAUSE_S = "2"  # before each of tasks 2-4 in the engines' jobs
+PAUSE_S = "3"  # before each of tasks 2-4 in the engines' jobs
 
 
 def start_cluster(script: str, state_dir: Path, env: dict) -> str:
@@ -50,13 +50,14 @@ def stop_cluster(script: str, state_dir: Path, env: dict, command: str = "stop")
 def slurm(tmp_path_factory):
     """SLURM_CONF of a running cluster, exported for sbatch/squeue/scontrol while this module runs."""
     state = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "SLURM_TEST_PORT": str(7000 + os.getpid() % 300 * 3)}  # two test sessions, two port sets
     try:
-        conf = start_cluster("slurm-cluster.sh", state, dict(os.environ))
+        conf = start_cluster("slurm-cluster.sh", state, env)
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("SLURM_CONF", conf)
             yield conf
     finally:
-        stop_cluster("slurm-cluster.sh", state, dict(os.environ))
+        stop_cluster("slurm-cluster.sh", state, env)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def ray_cluster(tmp_path_factory):
     """(address, state dir) of a head and a second node; its workers pause between tasks."""
     state = tmp_path_factory.mktemp("ray")
     env = {**os.environ, "RAY": str(Path(sys.executable).parent / "ray"), "MMCL_TEST_PAUSE_S": PAUSE_S,
-           "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_TEST_PORT": str(10000 + os.getpid() % 60 * 300)}
     try:
         address = start_cluster("ray-cluster.sh", state, env)
         with pytest.MonkeyPatch.context() as mp:
@@ -108,6 +109,10 @@ def job_of(out, run_id) -> str | None:
         return json.loads((runs_dir(out) / run_id / "submitted.json").read_text())["job"]
     except (OSError, ValueError):
         return None
+
+
+def status_of(out, run_id):
+    return {s.run_id: s for s in run_statuses(out)}[run_id]
 
 
 def scontrol_job(job: str) -> dict:
@@ -181,13 +186,16 @@ def test_slurm_jobs_outlive_the_driver_show_in_status_and_a_requeued_job_resumes
         if driver.poll() is None:
             driver.kill()
     job = job_of(out, cfg.run_id)
-    state = {s.run_id: s for s in run_statuses(out)}[cfg.run_id]
+    state = status_of(out, cfg.run_id)
     assert (state.state, state.job) == ("running", f"slurm {job}"), (tmp_path / "driver.log").read_text()
     wait_for(lambda: rows_done(out, cfg.run_id) >= 2)  # it trains on without the driver
     subprocess.run(["scontrol", "requeue", job], check=True)
     wait_for(lambda: scontrol_job(job)["JobState"] == "PENDING", timeout=30)
+    # the requeued attempt trains on until Slurm's SIGKILL (submitit ignores SIGTERM), KillWait=2 s later:
+    # at most one more task (PAUSE_S=3 before each), so the run is not finished
+    wait_for(lambda: status_of(out, cfg.run_id).state != "running", timeout=30)
     finished_tasks = rows_done(out, cfg.run_id)  # in its checkpoint
-    state = {s.run_id: s for s in run_statuses(out)}[cfg.run_id]
+    state = status_of(out, cfg.run_id)
     assert (state.state, state.tasks_done, state.job) == ("pending", finished_tasks, f"slurm {job}")
     wait_for(lambda: (runs_dir(out) / cfg.run_id / "DONE").exists(), timeout=240)
     status = subprocess.run(cli + ["status", "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=REPO)
