@@ -15,6 +15,12 @@ $(BIN)/.installed: requirements.txt requirements-assets.txt
 	$(BIN)/pip install -q --no-deps -r requirements-assets.txt
 	touch $@
 
+# the tests also read the optional loggers' files and drive a browser: their extras, for `make test` only
+$(BIN)/.test-installed: $(BIN)/.installed requirements-loggers.txt
+	$(BIN)/pip freeze | grep -iE '^(torch|torchvision|numpy)==' > $(VENV)/constraints.txt
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -r requirements-loggers.txt
+	touch $@
+
 venv: $(BIN)/.installed
 
 leaderboard: venv
@@ -23,7 +29,7 @@ leaderboard: venv
 quick: venv
 	$(BIN)/python run_bench.py run --quick --methods finetune adapter --out results/quick
 
-test: venv
+test: venv $(BIN)/.test-installed
 	$(BIN)/python -m pytest -q tests
 
 clean:
