@@ -132,7 +132,8 @@ def plan_tasks(cfg: RunConfig, part: str = "tasks") -> list[TaskPlan]:
         for key in TASK_OPTIONS:
             if getattr(cfg, key, None) is not None:
                 opts[key] = getattr(cfg, key)
-        opts["steps"] = max(1, round(opts["steps"] * cfg.steps_scale))
+        if cfg.steps_scale != 1 and isinstance(opts["steps"], int) and opts["steps"] >= 1:  # a bad value stays for the check
+            opts["steps"] = max(1, round(opts["steps"] * cfg.steps_scale))
         plans.append(TaskPlan(name=name, **opts))
     return plans
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from bench.config import TASK_OPTIONS, RunConfig, TaskPlan, _coerce, data_plans, plan_tasks, resolve, validate_set_owners
 from bench.errors import BenchError
 from bench.registry import BACKBONES, METHODS, TASKS
-from bench.status import mark_submitted
 from bench.store import check_writable, is_done, runs_dir
 
 MAX_SEED = 2 ** 32 - 1  # numpy's limit, for methods that seed it
@@ -175,6 +174,5 @@ def execute_suite(waves: list[list[RunConfig]], executor) -> list:
     finished = {o.run_id for o in done}
     todo = [[c for c in wave if c.run_id not in finished] for wave in waves]
     check_data(todo)
-    mark_submitted(out, [c.run_id for wave in todo for c in wave], executor.registry_name)  # `status` lists them as pending
     with SuiteProgress(out, [c.run_id for wave in todo for c in wave], len(done)):
         return done + executor.run([wave for wave in todo if wave])

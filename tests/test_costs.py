@@ -11,7 +11,7 @@ from bench.data import load_split
 from bench.method import n_params
 from bench.prefix import FrozenPrefix
 from bench.registry import BACKBONES, METHODS, TASKS
-from conftest import task_context
+from conftest import run_method, task_context
 
 TASK_NAMES = ("vqa_color", "text_mention", "digits")
 
@@ -26,20 +26,21 @@ def test_every_parameter_of_the_embedded_backbone_is_read_by_its_forward():
     assert unread == [], unread  # e.g. a pooler the mean-pooled output never uses
 
 
-def test_the_frozen_prefix_pass_is_counted_in_train_seconds(run, monkeypatch, tmp_path):
+def test_the_frozen_prefix_pass_is_counted_in_train_seconds(monkeypatch, tmp_path):
     real = FrozenPrefix.state
 
     def slow(self, batch):
         time.sleep(0.05)
         return real(self, batch)
     monkeypatch.setattr(FrozenPrefix, "state", slow)
-    m = run("frozen", steps=1, out=tmp_path / "a")
+    cache = tmp_path / "cache"  # its own: the session's cache may hold these prefix states, computed fast
+    m = run_method("frozen", tmp_path / "a", cache, steps=1)
     # --quick: 192 training (32 carved off for validation) and 32 validation examples per task,
     # in batches of 256: one batch each, 4 tasks -> 8 slow batches before the first task
     first = m["time"]["train_s_per_task"][0]
     assert first >= 8 * 0.05, m["time"]
     # a second run reading the prefix from the cache is charged what computing it took
-    again = run("frozen", steps=1, out=tmp_path / "b", seed=1)
+    again = run_method("frozen", tmp_path / "b", cache, steps=1, seed=1)
     assert again["time"]["train_s_per_task"][0] >= 8 * 0.05
 
 

@@ -101,7 +101,7 @@ def test_the_rerun_flag_reaches_every_run(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(bench.suite, "execute_suite", lambda waves, executor: seen.append(executor.opts.rerun) or [])
     empty = SimpleNamespace(to_string=lambda **_: "")
-    monkeypatch.setattr("bench.report.write_report", lambda out: {"table": empty, "paths": ["", ""]})
+    monkeypatch.setattr("bench.report.write_report", lambda out, options=None: {"table": empty, "paths": ["", ""], "page": ""})
     for extra in ([], ["--rerun"]):
         run_bench.main(["run", "--quick", "--backbone", "toy", "--methods", "frozen", "--out", str(tmp_path)] + extra)
     assert seen == [False, True]

@@ -89,7 +89,7 @@ def test_tensorboard_events_hold_the_metrics(logged_run):
         assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6)
     for key in ("final_avg", "avg_incremental", "bwt", "forgetting"):
         assert acc.Scalars(f"summary/{key}")[0].value == pytest.approx(metrics["summary"][key], rel=1e-6)
-    assert "text_mention" in acc.Tensors("matrix/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "text_negation" in acc.Tensors("matrix/text_summary")[0].tensor_proto.string_val[0].decode()
 
 
 def wandb_records(path: Path):

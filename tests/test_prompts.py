@@ -222,7 +222,7 @@ def test_runs_and_reports_its_prompts(run, name):
     metrics = run(name, sets=shallow(name))
     assert all(None not in row[: i + 1] for i, row in enumerate(metrics["matrix"]))
     toy = BACKBONES.get("toy")()
-    tasks = [TASKS.get(n)() for n in ("vqa_color", "text_mention", "digits", "vqa_shape")]
+    tasks = [TASKS.get(n)() for n in ("vqa_color", "text_negation", "digits", "vqa_shape")]
     heads = [n_params(h.parameters()) for h in METHODS.get("finetune")(toy, tasks).heads]
     trained, stored = PROMPTS[name]
     assert metrics["params"]["trainable_per_task"] == [h + trained for h in heads]

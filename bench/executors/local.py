@@ -9,6 +9,7 @@ from concurrent.futures.process import BrokenProcessPool
 from tqdm import tqdm
 
 from bench.executors import EXECUTORS, Executor, record_failure, run_one
+from bench.status import mark_submitted
 
 
 @EXECUTORS.register("local")
@@ -30,9 +31,10 @@ class LocalExecutor(Executor):
         queue = [cfg for wave in waves for cfg in wave]
         if not queue:
             return []
+        mark_submitted(self.opts.out, [cfg.run_id for cfg in queue], "local")  # `status` lists them as pending
         if workers > 1 and len(queue) > 1:  # with every core: no worker runs yet
             encode_suite_data(queue, self.opts.cache_dir, os.cpu_count())
-        with tqdm(total=len(queue), desc="runs", disable=None) as bar:
+        with tqdm(total=len(queue), desc="runs", disable=None, position=1, leave=False) as bar:  # below the suite bar
             finished = self._run_wave(queue, workers, wait=False, bar=bar)
             busy = {o.run_id for o in finished if o.status == "busy"}
             outcomes += [o for o in finished if o.status != "busy"]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from bench.errors import BenchError
 from bench.executors import EXECUTORS, Executor, record_failure, run_one
 from bench.registry import PLUGINS_ENV
+from bench.status import mark_submitted
 from bench.store import StorageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,6 +39,7 @@ class RayExecutor(Executor):
         outcomes = []
         try:
             num_gpus = o.num_gpus if o.num_gpus is not None else gpus_per_run(self.opts.device, ray.cluster_resources())
+            mark_submitted(self.opts.out, [cfg.run_id for wave in waves for cfg in wave], "ray")  # pending in `status`
             remote = ray.remote(run_one).options(num_cpus=o.num_cpus or self.opts.threads, num_gpus=num_gpus,
                                                  max_retries=o.max_retries, retry_exceptions=False)
             for wave in waves:
