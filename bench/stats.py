@@ -296,7 +296,7 @@ def write_ci_figure(table: "pd.DataFrame", path: Path, metric: str = "final_avg"
     labelled with its indistinguishability group letters."""
     from bench.figures import _save, plt  # bench.figures selects the Agg backend
     rows = table.dropna(subset=[metric]).sort_values(metric)
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(rows) + 1.2), layout="constrained")  # long method names stay inside
     y = np.arange(len(rows))
     err = [rows[metric] - rows[f"{metric}_ci_low"], rows[f"{metric}_ci_high"] - rows[metric]]
     ax.errorbar(rows[metric], y, xerr=err, fmt="o", capsize=3)
