@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from bench.backbones.base import FROZEN, pooled
-from bench.errors import BenchError
 from bench.method import Method, logits, task_loss
 from bench.prefix import eval_mode
 
@@ -111,13 +110,6 @@ class PromptInjector:
                 return (output[0][:, n:], *output[1:])
             return output[:, n:]
         return hook
-
-
-def at_least(method: str, low: float, **values):
-    """HParams validation: each of `values` must be >= low (a one-line BenchError)."""
-    for name, value in values.items():
-        if value < low:
-            raise BenchError(f"{method}.{name} must be >= {low}, got {value}")
 
 
 def fold(features: torch.Tensor, width: int) -> torch.Tensor:

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.prompts import Prompted, at_least
+from bench.method import require
+from bench.prompts import Prompted
 from bench.registry import METHODS
 
 
@@ -34,9 +35,9 @@ class CODAPromptHParams:
     last: int = 4
 
     def __post_init__(self):
-        at_least("coda_prompt", 1, pool_size=self.pool_size, length=self.length)
-        if not 0 <= self.first <= self.last:
-            raise BenchError(f"coda_prompt: need 0 <= first <= last, got {self.first}, {self.last}")
+        for name in ("pool_size", "length"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        require(0 <= self.first <= self.last, "(first, last)", (self.first, self.last), "0 <= first <= last")
 
 
 def orthonormal_after(done: torch.Tensor, new: torch.Tensor) -> torch.Tensor:

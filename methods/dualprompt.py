@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.prompts import Prompted, at_least, cosine, uniform
+from bench.method import require
+from bench.prompts import Prompted, cosine, uniform
 from bench.registry import METHODS
 
 
@@ -38,11 +39,12 @@ class DualPromptHParams:
     match_weight: float = 1.0  # lambda
 
     def __post_init__(self):
-        at_least("dualprompt", 1, g_length=self.g_length, e_length=self.e_length)
-        at_least("dualprompt", 0, match_weight=self.match_weight)
-        if not -1 <= self.g_last < self.e_first <= self.e_last:
-            raise BenchError(f"dualprompt: need -1 <= g_last < e_first <= e_last (G below E), got "
-                             f"{self.g_last}, {self.e_first}, {self.e_last}")
+        for name in ("g_length", "e_length"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        require(self.match_weight >= 0, "match_weight", self.match_weight, ">= 0")
+        blocks = (self.g_last, self.e_first, self.e_last)
+        require(-1 <= self.g_last < self.e_first <= self.e_last, "(g_last, e_first, e_last)", blocks,
+                "-1 <= g_last < e_first <= e_last (G below E)")
 
 
 @METHODS.register("dualprompt")

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.errors import BenchError
-from bench.prompts import Prompted, at_least, cosine, uniform
+from bench.method import require
+from bench.prompts import Prompted, cosine, uniform
 from bench.registry import METHODS
 
 
@@ -37,10 +37,10 @@ class L2PHParams:
     match_weight: float = 0.1  # lambda, the surrogate loss's weight
 
     def __post_init__(self):
-        at_least("l2p", 1, pool_size=self.pool_size, length=self.length, top_k=self.top_k)
-        at_least("l2p", 0, match_weight=self.match_weight)
-        if self.top_k > self.pool_size:
-            raise BenchError(f"l2p.top_k must be at most pool_size={self.pool_size}, got {self.top_k}")
+        for name in ("pool_size", "length", "top_k"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        require(self.match_weight >= 0, "match_weight", self.match_weight, ">= 0")
+        require(self.top_k <= self.pool_size, "top_k", self.top_k, f"at most pool_size={self.pool_size}")
 
 
 @METHODS.register("l2p")

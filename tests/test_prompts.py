@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bench.backbones import build_backbone
+from bench.config import resolve
 from bench.errors import BenchError
 from bench.prompts import PromptInjector
 from bench.registry import BACKBONES, METHODS
@@ -200,11 +201,14 @@ def test_coda_prompt_is_the_weighted_sum_of_components_and_earlier_ones_stay_fro
 
 
 # -- validation, cost, runs ----------------------------------------------------------------------
-@pytest.mark.parametrize("name,hp,message", [("l2p", {"top_k": 11}, "top_k must be at most"), ("l2p", {"length": 0}, "l2p.length must be >= 1"), ("dualprompt", {"e_first": 1}, "G below E"),
-                                              ("coda_prompt", {"first": 3, "last": 2}, "first <= last")])
+@pytest.mark.parametrize("name,hp,message", [
+    ("l2p", {"top_k": 11}, "method 'l2p': top_k=11: must be at most pool_size=10"),
+    ("l2p", {"length": 0}, "method 'l2p': length=0: must be an integer >= 1"),
+    ("dualprompt", {"e_first": 1}, r"method 'dualprompt': .*G below E"),
+    ("coda_prompt", {"first": 3, "last": 2}, r"method 'coda_prompt': .*0 <= first <= last")])
 def test_bad_hyperparameters_are_one_line_errors(name, hp, message):
-    with pytest.raises(BenchError, match=message):
-        METHODS.get(name).HParams(**hp)
+    with pytest.raises(BenchError, match=message):  # refused when the run is configured, as every method's
+        resolve(name, METHODS.get(name), [(f"{name}.{k}", str(v)) for k, v in hp.items()])
 
 
 # per task on the toy backbone (32 wide, 2 blocks), by hand: (trained, stored in all)
