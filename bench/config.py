@@ -106,11 +106,16 @@ def load_sequence(name: str, derived: tuple = ()) -> dict:
     st = path.stat()  # parsed once per version of the file: run ids and plans read it many times
     seq = copy.deepcopy(_parse_sequence(path, st.st_mtime_ns, st.st_size))
     base = seq.pop("base", None)
-    if base is None:
-        return seq
-    if not isinstance(base, str) or path in derived:
-        raise BenchError(f"sequence file {path}: 'base' must name another sequence, without a cycle")
-    return {**load_sequence(base, derived + (path,)), **seq}
+    if base is not None:
+        if not isinstance(base, str) or path in derived:
+            raise BenchError(f"sequence file {path}: 'base' must name another sequence, without a cycle")
+        seq = {**load_sequence(base, derived + (path,)), **seq}
+    if not isinstance(seq.get("tasks"), list) or not seq["tasks"]:
+        raise BenchError(f"malformed sequence file {path}: expected a mapping with a non-empty 'tasks' list")
+    for part in TASK_PARTS[1:]:
+        if not isinstance(seq.get(part, []), list):
+            raise BenchError(f"malformed sequence file {path}: '{part}' must be a list of tasks")
+    return seq
 
 
 @functools.lru_cache(maxsize=64)
@@ -120,11 +125,8 @@ def _parse_sequence(path: Path, mtime_ns: int, size: int) -> dict:
             seq = yaml.safe_load(f)
     except yaml.YAMLError as e:
         raise BenchError(f"malformed sequence file {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(seq, dict) or not isinstance(seq.get("tasks"), list) or not seq["tasks"]:
+    if not isinstance(seq, dict):
         raise BenchError(f"malformed sequence file {path}: expected a mapping with a non-empty 'tasks' list")
-    for part in TASK_PARTS[1:]:
-        if not isinstance(seq.get(part, []), list):
-            raise BenchError(f"malformed sequence file {path}: '{part}' must be a list of tasks")
     return seq
 
 

@@ -15,6 +15,7 @@ from bench.config import plan_tasks, resolve
 from bench.data import encode
 from bench.registry import METHODS
 from conftest import kill_before_task, run_method
+from tiny_models import tiny  # noqa: F401  (session fixture)
 
 SEQUENCE = """
 tasks:
@@ -144,3 +145,28 @@ def test_resume_keeps_finished_probe_and_novel_rows(tmp_path, cache_dir, sequenc
     assert probed == [2]  # neither the pretrained row nor tasks 0-1 again
     full = finished[1]["finetune"]
     assert resumed["probe"] == full["probe"] and resumed["novel"] == full["novel"] and resumed["matrix"] == full["matrix"]
+
+
+@torch.no_grad()
+def test_zero_shot_probe_on_clip_is_clips_own_zero_shot(tmp_path, cache_dir, tiny):  # noqa: F811
+    """An image-only probe on a CLIP backbone is scored zero-shot: the label CLIPModel's own
+    `logits_per_image` ranks first for each test image, given the prompts."""
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+    from bench.backbones import build_backbone
+    from bench.registry import TASKS
+    seq = tmp_path / "zero_shot.yaml"
+    seq.write_text("tasks: [text_mention]\nprobe: [digits]\nquick: {steps: 2, train_cap: 16, test_cap: 48, val_size: 8}\n")
+    m = run_method("frozen", tmp_path / "r", cache_dir, sequence=str(seq), backbone=tiny["hf_clip"], sets=FP32)
+    assert m["probe"]["kind"] == ["zero_shot"]
+    path = tiny["hf_clip"].partition(":")[2]
+    model, tokenizer = CLIPModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    task = TASKS.get("digits")()
+    split = encode(build_backbone(tiny["hf_clip"]), task, task.load("test", limit=48))
+    pixels = split.images[split.fields["image_index"][:, 0]].float() / 255
+    processor = CLIPImageProcessor.from_pretrained(path)
+    mean, std = torch.tensor(processor.image_mean), torch.tensor(processor.image_std)
+    prompts = tokenizer([f"a photo of a {label}." for label in task.labels], padding=True, return_tensors="pt")
+    logits = model(**prompts, pixel_values=(pixels - mean[:, None, None]) / std[:, None, None]).logits_per_image
+    expected = float(100.0 * (logits.argmax(-1) == split.fields["label"]).double().mean())
+    assert m["probe"]["scores"] == [[expected], [expected]]
+
