@@ -149,10 +149,14 @@ def test_resume_keeps_finished_probe_and_novel_rows(tmp_path, cache_dir, sequenc
 
 
 def test_zero_shot_probe_on_clip_is_clips_own_zero_shot(tmp_path, cache_dir, tiny):  # noqa: F811
-    """An image-only probe on a CLIP backbone is scored zero-shot: the label CLIPModel's own
-    `logits_per_image` ranks first for each test image, given the prompts."""
+    """An image-only probe on a CLIP backbone is scored zero-shot: each test image gets the label
+    CLIPModel's own `logits_per_image` ranks first, given the prompts (checked per image: with
+    CLIP's choices as labels the probe scores 100; the random tiny CLIP chooses one label for most
+    images, so this catches a wrong prompt or similarity, not a per-image slip)."""
+    import dataclasses
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
     from bench.backbones import build_backbone
+    from bench.probe import ProbeSettings, zero_shot_score
     from bench.registry import TASKS
     seq = tmp_path / "zero_shot.yaml"
     seq.write_text("tasks: [text_mention]\nprobe: [digits]\nquick: {steps: 2, train_cap: 16, test_cap: 48, val_size: 8}\n")
@@ -160,14 +164,15 @@ def test_zero_shot_probe_on_clip_is_clips_own_zero_shot(tmp_path, cache_dir, tin
     assert m["probe"]["kind"] == ["zero_shot"]
     path = tiny["hf_clip"].partition(":")[2]
     model, tokenizer = CLIPModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
-    task = TASKS.get("digits")()
-    split = encode(build_backbone(tiny["hf_clip"]), task, task.load("test", limit=48))
-    pixels = split.images[split.fields["image_index"][:, 0]].float() / 255
     processor = CLIPImageProcessor.from_pretrained(path)
-    mean, std = torch.tensor(processor.image_mean), torch.tensor(processor.image_std)
+    mean, std = torch.tensor(processor.image_mean)[:, None, None], torch.tensor(processor.image_std)[:, None, None]
+    task, backbone = TASKS.get("digits")(), build_backbone(tiny["hf_clip"]).eval()
+    split = encode(backbone, task, task.load("test", limit=48))
+    pixels = split.images[split.fields["image_index"][:, 0]].float() / 255
     prompts = tokenizer([f"a photo of a {label}." for label in task.labels], padding=True, return_tensors="pt")
     with torch.no_grad():
-        logits = model(**prompts, pixel_values=(pixels - mean[:, None, None]) / std[:, None, None]).logits_per_image
-    expected = 100.0 * int((logits.argmax(-1) == split.fields["label"]).sum()) / len(split)
+        chosen = model(**prompts, pixel_values=(pixels - mean) / std).logits_per_image.argmax(-1)
+    as_clip = dataclasses.replace(split, fields={**split.fields, "label": chosen})
+    assert zero_shot_score(backbone, task, as_clip, 16, "fp32", ProbeSettings().template) == 100.0
+    expected = 100.0 * int((chosen == split.fields["label"]).sum()) / len(split)
     assert m["probe"]["scores"] == [[expected], [expected]]
-
