@@ -54,7 +54,7 @@ def at_init_notes(table: pd.DataFrame) -> list[str]:
         return []
     several = table["sequence"].nunique() > 1 or table["backbone"].nunique() > 1
     return [f"{AT_INIT_MARK} {r.method}{f' ({Path(r.sequence).stem} / {r.backbone})' if several else ''}: the "
-            f"composition stayed at its initialisation on {r.at_init} (diagnostics.md)"
+            f"composition stayed at its initialisation on {r.at_init}; see diagnostics.md"
             for r in table.itertuples(index=False) if isinstance(r.at_init, str) and r.at_init]
 
 
@@ -75,7 +75,8 @@ def _numbers(d: dict) -> dict[str, float | np.ndarray]:
 def _shown(value) -> str:
     if np.ndim(value) == 0:
         return f"{value:.3g}"
-    return f"{value.min():.3g}–{value.max():.3g}" if len(value) > 1 else f"{value[0]:.3g}"
+    low, high = f"{value.min():.3g}", f"{value.max():.3g}"
+    return low if low == high else f"{low}–{high}"
 
 
 def diagnostics_markdown(runs: list[dict]) -> str:

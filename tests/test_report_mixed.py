@@ -101,7 +101,7 @@ def test_every_figure_written_keeps_labels_apart_at_the_width_with_truetype(repo
 
 def test_leaderboard_marks_a_composition_that_stayed_at_its_initialisation(reported):
     out, _, _, _, table = reported
-    note = "adapter_fusion: the composition stayed at its initialisation on digits (seed 0 of 2) (diagnostics.md)"
+    note = "adapter_fusion: the composition stayed at its initialisation on digits (seed 0 of 2); see diagnostics.md"
     assert table.at["adapter_fusion", "at_init"] == "digits (seed 0 of 2)"
     assert table["at_init"].notna().sum() == 1
     md = (out / "leaderboard.md").read_text()
@@ -137,7 +137,8 @@ def test_diagnostics_md_averages_sites_then_seeds(reported):
         assert (f"| {TASKS[task]} | {at_init} of 2 | {entropy:.3g} | {top:.3g} | {1 / (task + 1):.3g} | "
                 f"{per_source.min():.3g}–{per_source.max():.3g} |") in lines
     assert len(lines) == 2 + 3  # task 0 (no fusion) has no row
-    assert "| vqa_color | 0 of 2 | 2 | 0.2 | 0.55 | 0.01 |" in md  # scalearn: init, moved, mean, std
+    # scalearn: init, moved, then per source (equal over sources: one value) its mean and std
+    assert "| vqa_color | 0 of 2 | 2 | 0.2 | 0.55 | 0.01 |" in md and "| digits | 0 of 2 | 0.667 | 0.2 | 0.55 | 0.01 |" in md
 
 
 def test_claims_say_which_methods_were_not_run_or_left_out(reported):
