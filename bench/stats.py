@@ -296,7 +296,7 @@ def write_ci_figure(table: "pd.DataFrame", path: Path, width: float = 7.0, metri
     inches wide, in the report's figure style), each labelled with its indistinguishability group
     letters."""
     from bench.figures import STYLE, _save, plt  # bench.figures selects the Agg backend
-    rows = table.dropna(subset=[metric]).sort_values(metric)
+    rows = table.dropna(subset=[metric, f"{metric}_ci_low", f"{metric}_ci_high"]).sort_values(metric)
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(width, 0.18 * len(rows) + 1.2), layout="constrained")  # long names stay inside
         y = np.arange(len(rows))

@@ -26,12 +26,12 @@ def undrawn_ticklabels(fig) -> set:
 
 def error_bars(ax) -> dict[str, dict[str, tuple[float, float]]]:
     """Each error-bar container's label -> {y tick label: (left end, right end)} as drawn."""
-    names = {round(loc): t.get_text() for loc, t in zip(ax.get_yticks(), ax.get_yticklabels())}
+    names = {round(tick.get_loc()): tick.label1.get_text() for tick in ax.yaxis.get_major_ticks()}  # hidden ones too
     out = {}
     for c in ax.containers:
         if isinstance(c, ErrorbarContainer):
             (segments,) = [lines.get_segments() for lines in c.lines[2]]
-            out[c.get_label()] = {names[round(seg[0][1])]: (seg[0][0], seg[1][0]) for seg in segments}
+            out[c.get_label()] = {names[round(seg[0][1])]: (seg[0][0], seg[1][0]) for seg in segments if len(seg)}
     return out
 
 

@@ -13,6 +13,7 @@ import pytest
 from bench import figures
 from bench.figures import CI_LABEL, STD_LABEL
 from bench.report import ReportOptions, write_report
+from bench.stats import write_ci_figure
 from fake_runs import TASKS, example_matrix, leaderboard_runs, write_run
 from figure_checks import capture
 
@@ -65,7 +66,12 @@ def reported(tmp_path_factory):
             report = write_report(out, ReportOptions(figure_width=WIDTH))
     finally:
         mp.undo()
-    return out, runs, report, saved, pd.read_csv(out / "leaderboard.csv").set_index("method")
+    table = pd.read_csv(out / "leaderboard.csv")
+    with capture(saved, out / "wide"), figures.plt.rc_context(figures.STYLE):  # the CI figures at two-column width too
+        figures.forgetting_bars(table, out / "wide", 7.0)
+        ci = table.rename(columns={"final_avg_mean": "final_avg"})
+        write_ci_figure(ci, out / "wide" / "ci", 7.0)
+    return out, runs, report, saved, table.set_index("method")
 
 
 def test_error_bars_are_the_tables_ci_else_std(reported):
@@ -87,14 +93,15 @@ def test_error_bars_are_the_tables_ci_else_std(reported):
     assert list(down["errorbars"]) == [STD_LABEL] and down["title"].endswith("mean ± std over seeds")
 
 
-def test_every_figure_written_keeps_labels_apart_at_the_width_with_truetype(reported):
+def test_every_figure_written_keeps_labels_apart_at_its_width_with_truetype(reported):
     out, _, report, saved, _ = reported
     written = {p.relative_to(out / "figures").with_suffix("").as_posix() for p in (out / "figures").rglob("*.png")}
-    assert {name for _, name in saved} == written and "ci-default-default" in written  # every PNG was measured
-    for key, shown in saved.items():
+    assert {name for width, name in saved if width == WIDTH} == written and "ci-default-default" in written
+    assert {name for width, name in saved if width == 7.0} == {"forgetting", "ci"}
+    for key, shown in saved.items():  # every PNG written
         assert shown["overlaps"] == [] and shown["outside"] == [], key
-        assert shown["size"][0] == pytest.approx(WIDTH), key
-    for pdf in (out / "figures").rglob("*.pdf"):
+        assert shown["size"][0] == pytest.approx(key[0]), key
+    for pdf in out.rglob("*.pdf"):
         data = pdf.read_bytes()
         assert b"/FontFile2" in data and b"/Type3" not in data, pdf.name
 
