@@ -151,7 +151,7 @@ def ranked_bars(table, key: str, label: str, title: str, path: Path, width: floa
     if not ci.all():
         bars.append(ax.errorbar(mean[~ci], y[~ci], xerr=std[~ci], ecolor="0.55", label=STD_LABEL, **style))
     if ci.all():
-        spread = "mean, 95 % CI (bootstrap over seeds and test examples)"
+        spread = "mean, 95 % CI over seeds and test examples"
     else:
         spread = "mean, 95 % CI (black), ± std where none (grey)" if ci.any() else "mean ± std over seeds"
     ax.set_yticks(y, names)
