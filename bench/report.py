@@ -1,5 +1,7 @@
-"""Leaderboard tables (CSV, Markdown, LaTeX; mean ± std over seeds), figures (PNG + PDF) and the
-results page (results/index.html) from every finished run in a results directory."""
+"""Leaderboard tables (CSV, Markdown, LaTeX; mean ± std over seeds, 95 % CIs where the runs have
+per-example scores), the papers' claims (claims.md), what the compositions learned
+(diagnostics.md), figures (PNG + PDF) and the results page (results/index.html) from every
+finished run in a results directory."""
 import dataclasses
 import typing
 from pathlib import Path
