@@ -3,8 +3,9 @@ one column, 7 for two), fonts embedded in the PDF as TrueType (pdf.fonttype 42, 
 ask for), methods coloured by family (bench/families.py) with a legend, bars sorted by the value
 shown, and no two labels overlapping (scatter labels are placed where they collide with nothing;
 one that fits nowhere is named in a note instead). Per method (and setting): the score matrix as a
-heatmap and the per-task score curves, both averaged over its seeds. Over methods: forgetting,
-downstream scores (CLiMB phase II), and final score / transfer against stored parameters and
+heatmap and the per-task score curves, both averaged over its seeds. Over methods: forgetting and
+downstream scores (CLiMB phase II) as bars with error bars (the statistics' 95 % CI where the
+table has one, else ± std over seeds), and final score / transfer against stored parameters and
 against training compute."""
 import warnings
 from pathlib import Path
