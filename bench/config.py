@@ -115,6 +115,8 @@ def load_sequence(name: str, derived: tuple = ()) -> dict:
     for part in TASK_PARTS[1:]:
         if not isinstance(seq.get(part, []), list):
             raise BenchError(f"malformed sequence file {path}: '{part}' must be a list of tasks")
+    if not isinstance(seq.get("methods", []), list) or not all(isinstance(m, str) for m in seq.get("methods", [])):
+        raise BenchError(f"malformed sequence file {path}: 'methods' must be a list of method names")
     return seq
 
 
