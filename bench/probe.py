@@ -7,8 +7,7 @@ what the method runs for its latest task): the shared backbone as training left 
 of task i's modules live inside its forward (adapters, LoRA, mixtures of experts, fusions). Task
 heads and what a method adds in its own `forward` (the prompt methods' prompts) are not part of
 it, so a method that never changes the backbone's forward (`frozen`, the prompt methods) keeps
-retention 1 exactly. Row 0 runs the backbone as built, before any `activate` (adapters are
-unhooked, LoRA's B is zero).
+retention 1 exactly. Row 0 runs the backbone as built, before any `activate`.
 
 Scoring, per probe task:
 - zero-shot, for a CLIP backbone (bench/backbones/dual_encoder.py) and an image-only task: each
