@@ -39,7 +39,8 @@ def sequence(tmp_path_factory):
 def finished(tmp_path_factory, cache_dir, sequence):
     """metrics of finetune and frozen, and their results directory."""
     out = tmp_path_factory.mktemp("beside")
-    return out, {m: run_method(m, out, cache_dir, sequence=sequence, sets=FP32, reuse_stages=False) for m in ("finetune", "frozen")}
+    return out, {m: run_method(m, out, cache_dir, sequence=sequence, sets=FP32, reuse_stages=False)
+                 for m in ("finetune", "frozen", "multitask")}
 
 
 def whole(split) -> tuple[dict, torch.Tensor]:
@@ -98,7 +99,7 @@ def test_runner_scores_equal_a_bare_loop(tmp_path, cache_dir, sequence):
 
 
 def test_metrics_json_gives_back_every_formula(finished):
-    for m in finished[1].values():
+    for m in (finished[1][name] for name in ("finetune", "frozen")):
         A, N, P = m["matrix"], m["novel"]["matrix"], m["probe"]["scores"]
         assert m["summary"] == M.summary(A, m["chance"], m["single_task"])  # the matrix metrics, unchanged
         held = [j for j, task in enumerate(m["tasks"]) if task in m["novel"]["tasks"]]
@@ -109,6 +110,15 @@ def test_metrics_json_gives_back_every_formula(finished):
         R = [[P[i + 1][k] / P[0][k] for k in range(2)] for i in range(len(A))]
         assert m["probe"]["retention"] == R
         assert m["probe"]["summary"] == {"retention_final": mean(R[-1]), "retention_mean": mean(v for row in R for v in row)}
+
+
+def test_joint_method_fills_only_the_last_rows(finished):
+    """multitask trains once: its earlier rows stay None beside the matrix too."""
+    m = finished[1]["multitask"]
+    N, P = m["novel"]["matrix"], m["probe"]["scores"]
+    assert N[:2] == [[None] * 3] * 2 and [v is not None for v in N[2]] == [True, False, True]
+    assert P[1:3] == [[None, None]] * 2 and None not in P[0] + P[3]
+    assert m["probe"]["summary"]["retention_final"] == mean(P[3][k] / P[0][k] for k in range(2))
 
 
 def test_frozen_keeps_retention_one(finished):
