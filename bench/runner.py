@@ -187,9 +187,9 @@ class Run:
                           for task, p in zip(self.down_tasks, self.down_plans)]
         # beside the matrix: novel-composition splits (bench/novel.py), never-trained probe tasks (bench/probe.py)
         self.novel = {j: split(task, p, "novel") for j, (task, p) in enumerate(zip(self.tasks, self.plans)) if task.holdout}
-        self.probe = RetentionProbe(backbone, probe_tasks, [{name: split(task, p, name) for name in probe_splits(probe_kind(backbone, task))}
-                                                            for task, p in zip(probe_tasks, probe_plans)],
-                                    cfg.eval_batch_size, cfg.precision) if probe_tasks else None
+        probe_data = [{name: split(task, p, name) for name in probe_splits(probe_kind(backbone, task))}
+                      for task, p in zip(probe_tasks, probe_plans)]
+        self.probe = RetentionProbe(backbone, probe_tasks, probe_data, cfg.eval_batch_size, cfg.precision) if probe_tasks else None
 
     def with_prefix(self, method, data: dict):
         """(method's frozen prefix, `data` starting from it) -- computed once per example and cached

@@ -116,7 +116,8 @@ def check_data(waves: list[list[RunConfig]]) -> None:
     not the same failure in every run."""
     for cfg, p in data_plans(c for wave in waves for c in wave):
         task = planned_task(p)
-        for split, limit in (("train", p.train_cap), ("val", None), ("test", p.test_cap)) + (("novel", p.test_cap),) * bool(task.holdout):
+        novel = (("novel", p.test_cap),) if task.holdout else ()
+        for split, limit in (("train", p.train_cap), ("val", None), ("test", p.test_cap)) + novel:
             examples = task.load(split, limit=limit, shots=p.shots if split == "train" else None, seed=cfg.seed,
                                  data_root=cfg.data_root, val_size=p.val_size)
             if not examples:
