@@ -142,7 +142,31 @@ def ranked_bars(table, key: str, label: str, title: str, path: Path, width: floa
 def forgetting_bars(table, folder: Path, width: float) -> list[Path]:
     return ranked_bars(table, "forgetting", "forgetting (points, lower is better)",
                        "Average forgetting (Chaudhry et al.)\nmean ± std over seeds", folder / "forgetting", width,
-                       higher_is_better=False)
+                       higher_is_better=False) + forgetting_by_setting(table, folder, width)
+
+
+def forgetting_by_setting(table, folder: Path, width: float) -> list[Path]:
+    """With runs in several settings (task / class / domain, bench/settings.py): their forgetting
+    side by side, one panel per setting, the methods in one order (least mean forgetting on top)."""
+    t = table.dropna(subset=["forgetting_mean"])
+    settings = [s for s in ("task", "class", "domain") if s in set(t.get("setting", []))]
+    if len(settings) < 2:
+        return []
+    label = t["method"] + np.where(t["task_id"] == "oracle", " (oracle task id)", "")
+    order = list(t.assign(label=label).groupby("label")["forgetting_mean"].mean().sort_values(ascending=False).index)
+    fig, (axes,) = _figure(width, 0.18 * len(order) + 1.4, ncols=len(settings))
+    for ax, setting in zip(axes, settings):
+        mine = t[t["setting"] == setting].assign(label=label).groupby("label")
+        mean, std = mine["forgetting_mean"].mean(), mine["forgetting_std"].mean().fillna(0)
+        rows = [m for m in order if m in mean.index]
+        ax.barh([order.index(m) for m in rows], mean[rows], xerr=std[rows], capsize=1.5, error_kw={"elinewidth": 0.6},
+                color=[FAMILY_COLOURS[family_of(m.split(" ")[0])] for m in rows])
+        ax.set_yticks(range(len(order)), order if ax is axes[0] else [""] * len(order))
+        ax.set_title(f"{setting}-incremental")
+        ax.set_xlabel("forgetting (points)")
+    fig.suptitle("Average forgetting per setting, mean ± std over seeds (lower is better)")
+    _family_legend(fig, t["method"])
+    return _save(fig, folder / "forgetting_settings")
 
 
 def downstream_bars(table, folder: Path, width: float, keys: list[str]) -> list[Path]:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.settings import labelled
 from bench.store import finished_runs, runs_dir, write_text
 
 COLUMNS = [  # (column, label, higher is better)
@@ -42,7 +43,8 @@ class ReportOptions:
 def runs_frame(runs: list[dict]) -> pd.DataFrame:
     rows = []
     for r in runs:
-        row = {"method": r["method"], "sequence": r["sequence"], "backbone": r["backbone"], "seed": r["seed"]}
+        row = {"method": r["method"], "sequence": r["sequence"], "backbone": r["backbone"], "seed": r["seed"],
+               "setting": r.get("setting", "task"), "task_id": r.get("task_id", "given")}
         row.update({k: r["summary"].get(k) for k, _, _ in COLUMNS})
         row.update({"trainable": float(np.mean(r["params"]["trainable_per_task"])), "stored": r["params"]["stored"],
                     "inference": r["params"]["inference"], "train_s": sum(r["time"]["train_s_per_task"]),
@@ -71,6 +73,8 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
     table["n"] = g.size()
     for k in ("trainable", "stored", "inference", "train_s"):
         table[k] = g[k].mean()
+    for k in ("setting", "task_id"):  # one per (sequence, backbone, method): bench/settings.py labelled
+        table[k] = g[k].first()
     return table.reset_index().sort_values(["sequence", "backbone", "final_avg_mean"], ascending=[True, True, False])
 
 
@@ -104,9 +108,10 @@ COST_COLUMNS = [("trainable", "Trainable/task"), ("stored", "Stored"), ("inferen
 
 
 def pretty(table: pd.DataFrame) -> pd.DataFrame:
-    out = pd.DataFrame({"Method": table["method"]})
+    # a method given the true task id in class- / domain-IL is marked (bench/task_id.py)
+    out = pd.DataFrame({"Method": table["method"] + np.where(table["task_id"] == "oracle", " (oracle task id)", "")})
     if table["sequence"].nunique() > 1 or table["backbone"].nunique() > 1:
-        out.insert(0, "Setting", table["sequence"] + " / " + table["backbone"])
+        out.insert(0, "Setting", table["sequence"] + " / " + table["backbone"] + " / " + table["setting"] + "-IL")
     for k, label, _, _ in metric_columns(table):
         out[label] = [cell(row, k) for _, row in table.iterrows()]
     out["Trainable/task"] = table["trainable"].map(_human)
@@ -136,7 +141,7 @@ def sortable_rows(table: pd.DataFrame) -> dict:
     header += [{"label": "n", "group": "", "dir": "desc", "kind": "number"}]
     rows = []
     for (_, row), (_, shown) in zip(table.iterrows(), nice.iterrows()):
-        cells = [{"text": row["method"], "sort": row["method"]}]
+        cells = [{"text": shown["Method"], "sort": row["method"]}]
         cells += [{"text": cell(row, key), "sort": _number(row[f"{key}_mean"])} for key, _, _, _ in metrics]
         cells += [{"text": shown[label], "sort": _number(row[key])} for key, label in COST_COLUMNS]
         cells += [{"text": str(row["n"]), "sort": float(row["n"])}]
@@ -158,7 +163,7 @@ def failed_runs(out) -> list[tuple[str, str]]:
 def write_report(out="results", options: ReportOptions | None = None) -> dict:
     options = options or ReportOptions()
     out = Path(out)
-    runs = finished_runs(out)
+    runs = [labelled(m) for m in finished_runs(out)]
     if not runs:
         raise BenchError(f"no finished runs under {out}/runs (run `python run_bench.py run` first)")
     df = runs_frame(runs)

@@ -65,7 +65,7 @@ class LabelSpace:
     """The union label space of a `class` / `domain` run and which tasks share a head."""
 
     def __init__(self, setting: str, tasks: list[Task], mapping: dict[str, str], widths: list[int]):
-        self.setting, self.labels = setting, []
+        self.setting = setting
         where: dict[str, int] = {}
         self.index: list[torch.Tensor | None] = []  # per task: the union index of each of its labels
         for task in tasks:
@@ -133,3 +133,16 @@ def seen_only(task: Task, logits: torch.Tensor) -> torch.Tensor:
     if not isinstance(task, UnionTask):
         return logits
     return logits.masked_fill(~task.seen, float("-inf"))
+
+
+def labelled(run: dict) -> dict:
+    """A finished run's metrics as the report groups them: a run in another setting than its
+    sequence file declares (`--set setting=class` on `default`) is reported under
+    "<sequence> (<setting>)", apart from the sequence's own runs."""
+    from bench.config import load_sequence
+    setting = run.get("setting", "task")
+    try:
+        declared = load_sequence(run["sequence"]).get("setting") or "task"
+    except BenchError:  # the file is gone: the runs still report, under the task-IL default
+        declared = "task"
+    return run if setting == declared else {**run, "sequence": f"{run['sequence']} ({setting})"}
