@@ -77,10 +77,12 @@ class LabelSpace:
             self.index.append(torch.tensor([where[mapping.get(label, label)] for label in task.labels]))
         self.labels = list(where)
         if setting == "domain":
-            for task, index in zip(tasks, self.index):
-                if index is not None and sorted(set(index.tolist())) != list(range(len(self.labels))):
-                    raise BenchError(f"setting 'domain': task '{task.name}' does not have every label of the "
-                                     f"shared label space ({len(set(index.tolist()))} of {len(self.labels)})")
+            spaces = [(task.name, {self.labels[k] for k in index.tolist()}) for task, index in zip(tasks, self.index)
+                      if index is not None]
+            for name, labels in spaces[1:]:
+                if labels != spaces[0][1]:
+                    raise BenchError(f"setting 'domain': every task needs the same labels, and task '{name}' differs "
+                                     f"from task '{spaces[0][0]}' in {sorted(labels ^ spaces[0][1])}")
         # tasks whose inputs have the same format (pooled width, multiple choice or not) share a head:
         # the format is visible at test time, the task is not
         formats = [(w, bool(t.choices)) for t, w in zip(tasks, widths)]
