@@ -219,3 +219,34 @@ def test_climb_accepts_the_class_setting(run):
     m = run("finetune", sequence="climb", sets=[f"data_root={FIXTURES / 'climb'}", "setting=class"])
     assert m["setting"] == "class"
     assert all(v is not None and 0 <= v <= 100 for i, row in enumerate(m["matrix"]) for v in row[:i + 1])
+
+
+def test_predictions_are_over_the_classes_seen_so_far():
+    from bench.settings import seen_only
+    tasks = [task("a", ["u", "v"]), task("b", ["w"])]
+    space = LabelSpace("class", tasks, {}, [8, 8])
+    view = space.views(tasks)[0]
+    logits = torch.tensor([[0.0, 1.0, 5.0], [2.0, 1.0, 5.0]])  # class w (task b) scores highest
+    space.through(0, "cpu")
+    assert seen_only(view, logits).argmax(-1).tolist() == [1, 0]
+    space.through(1, "cpu")
+    assert seen_only(view, logits).argmax(-1).tolist() == [2, 2]
+    assert seen_only(tasks[0], logits) is logits  # task-IL: untouched
+
+
+def test_the_report_keeps_settings_apart_and_marks_the_oracle(tmp_path):
+    from bench import report
+    from bench.figures import forgetting_by_setting
+    from bench.settings import labelled
+    base = {"method": "adapter", "backbone": "toy", "seed": 0, "summary": {"forgetting": 1.0},
+            "params": {"trainable_per_task": [1], "stored": 1, "inference": 1}, "time": {"train_s_per_task": [1.0], "total_s": 1.0}}
+    runs = [dict(base, sequence="default"), dict(base, sequence="default", setting="class", task_id="oracle"),
+            dict(base, sequence="default_class", setting="class", task_id="predicted", summary={"forgetting": 4.0})]
+    runs = [labelled(r) for r in runs]
+    assert [r["sequence"] for r in runs] == ["default", "default (class)", "default_class"]
+    shown = report.pretty(report.leaderboard(report.runs_frame(runs)))
+    assert list(shown["Setting"]) == ["default / toy / task-IL", "default (class) / toy / class-IL", "default_class / toy / class-IL"]
+    assert list(shown["Method"]) == ["adapter", "adapter (oracle task id)", "adapter"]
+    paths = forgetting_by_setting(report.leaderboard(report.runs_frame(runs)), tmp_path, 7.0)
+    assert {p.name for p in paths} == {"forgetting_settings.png", "forgetting_settings.pdf"}
+    assert forgetting_by_setting(report.leaderboard(report.runs_frame(runs[:1])), tmp_path, 7.0) == []
