@@ -81,6 +81,8 @@ def test_task_setting_is_the_default_and_keeps_the_run_ids():
     assert cls.identity()["setting"] == "class" and cls.run_id != plain.run_id
     assert resolve("finetune", METHODS.get("finetune"), [], sequence="default_class").setting == "class"
     assert runner.reference_config(cls).setting == "class"
+    task_il = resolve("finetune", METHODS.get("finetune"), [("setting", "task")], sequence="default_class")
+    assert task_il.setting == "task" and runner.reference_config(task_il).setting == "task"
 
 
 class Recorder:
