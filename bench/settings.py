@@ -81,8 +81,10 @@ class LabelSpace:
                       if index is not None]
             for name, labels in spaces[1:]:
                 if labels != spaces[0][1]:
+                    differ = sorted(labels ^ spaces[0][1])
                     raise BenchError(f"setting 'domain': every task needs the same labels, and task '{name}' differs "
-                                     f"from task '{spaces[0][0]}' in {sorted(labels ^ spaces[0][1])}")
+                                     f"from task '{spaces[0][0]}' in {len(differ)}: {', '.join(differ[:4])}"
+                                     + (", ..." if len(differ) > 4 else ""))
         # tasks whose inputs have the same format (pooled width, multiple choice or not) share a head:
         # the format is visible at test time, the task is not
         formats = [(w, bool(t.choices)) for t, w in zip(tasks, widths)]
