@@ -6,7 +6,7 @@ import numpy as np
 from bench.registry import TASKS
 from tasks.digits import DigitsTask
 
-NOISE_STD = 64  # grey levels (of 255): strokes stay legible, the background turns to noise
+NOISE_STD = 32  # grey levels (of 255): at 64 a single task at this budget stayed at chance (13.8 %, seed 0)
 
 
 def rotated(image: np.ndarray, k: int) -> np.ndarray:
