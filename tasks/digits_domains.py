@@ -24,15 +24,17 @@ def noisy(image: np.ndarray, k: int) -> np.ndarray:
 
 
 DOMAINS = {"rot90": rotated, "inverted": inverted, "noise": noisy}
+# image ids key the image feature cache (bench/cache.py): a changed transformation needs a new one
+IMAGE_TAGS = {"rot90": "rot90", "inverted": "inverted", "noise": f"noise{NOISE_STD}"}
 
 
 class DigitsDomainTask(DigitsTask):
     def examples(self, split, data_root=None):
-        transform = DOMAINS[self.name.removeprefix("digits_")]
+        domain = self.name.removeprefix("digits_")
         out = super().examples(split, data_root)
         for ex in out:
             k = int(ex["image_ids"][0].removeprefix("digits/"))
-            ex["images"], ex["image_ids"] = [transform(ex["images"][0], k)], [f"{self.name}/{k}"]
+            ex["images"], ex["image_ids"] = [DOMAINS[domain](ex["images"][0], k)], [f"digits-{IMAGE_TAGS[domain]}/{k}"]
         return out
 
 
