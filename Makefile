@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 SEEDS ?= 0 1 2
-METHODS ?= all
+METHODS ?= default
 
 .PHONY: venv leaderboard test quick clean
 

@@ -84,7 +84,8 @@ def main(argv=None):
     ls.add_argument("what", choices=["methods", "tasks", "sequences", "backbones"])
     run = sub.add_parser("run", help="run methods x seeds on a sequence, then write the report")
     run.add_argument("--sequence", default="default")
-    run.add_argument("--methods", nargs="+", default=["all"])
+    run.add_argument("--methods", nargs="+", default=["all"],
+                     help="method names, `all`, or `default`: the sequence's default set (`make leaderboard`)")
     run.add_argument("--backbone", default="default")
     run.add_argument("--seeds", nargs="+", type=int, default=[0])
     run.add_argument("--out", default="results")

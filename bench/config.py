@@ -111,6 +111,8 @@ def _parse_sequence(path: Path, mtime_ns: int, size: int) -> dict:
         raise BenchError(f"malformed sequence file {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(seq, dict) or not isinstance(seq.get("tasks"), list) or not seq["tasks"]:
         raise BenchError(f"malformed sequence file {path}: expected a mapping with a non-empty 'tasks' list")
+    if not isinstance(seq.get("methods", []), list) or not all(isinstance(m, str) for m in seq.get("methods", [])):
+        raise BenchError(f"malformed sequence file {path}: 'methods' must be a list of method names")
     if not isinstance(seq.get("downstream", []), list):
         raise BenchError(f"malformed sequence file {path}: 'downstream' must be a list of tasks")
     return seq

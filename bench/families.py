@@ -5,10 +5,12 @@ FAMILIES = {  # family -> methods, in the order legends list them
     "reference": ("single_task", "multitask"),
     "fine-tuning": ("finetune", "freeze_bottom_k", "frozen"),
     "regularisation": ("ewc", "lwf"),
-    "replay": ("er",),
-    "adapters": ("adapter", "pfeiffer"),
+    "replay": ("er", "derpp", "er_ace", "agem"),
+    "adapters": ("adapter", "pfeiffer", "adapter_i2i_budget", "moe_adapters"),
     "adapter composition": ("adapter_fusion", "i2i", "i2i_light", "scalearn", "scalearn_uniform", "scalearn_pp",
                             "scalearn_uniform_pp", "atlas"),
+    "prompts": ("l2p", "dualprompt", "coda_prompt"),
+    "LoRA": ("lora", "olora", "inflora"),
 }
 ORDER = list(FAMILIES) + ["other"]
 _BY_METHOD = {m: family for family, methods in FAMILIES.items() for m in methods}

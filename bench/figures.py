@@ -3,8 +3,9 @@ one column, 7 for two), fonts embedded in the PDF as TrueType (pdf.fonttype 42, 
 ask for), methods coloured by family (bench/families.py) with a legend, bars sorted by the value
 shown, and no two labels overlapping (scatter labels are placed where they collide with nothing;
 one that fits nowhere is named in a note instead). Per method (and setting): the score matrix as a
-heatmap and the per-task score curves, both averaged over its seeds. Over methods: forgetting,
-downstream scores (CLiMB phase II), and final score / transfer against stored parameters and
+heatmap and the per-task score curves, both averaged over its seeds. Over methods: forgetting and
+downstream scores (CLiMB phase II) as bars with error bars (the statistics' 95 % CI where the
+table has one, else ± std over seeds), and final score / transfer against stored parameters and
 against training compute."""
 import warnings
 from pathlib import Path
@@ -115,33 +116,55 @@ def task_curves(name: str, title: str, tasks: list, A: np.ndarray, n: int, folde
     return _save(fig, folder / "curves" / name)
 
 
-def _family_legend(fig, methods, note: str | None = None) -> None:
+def _family_legend(fig, methods, note: str | None = None, extra=()) -> None:
+    """The families' colours (and `extra` (handle, label) pairs after them) under the figure."""
     families = sorted({family_of(m) for m in methods}, key=ORDER.index)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=FAMILY_COLOURS[f]) for f in families]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=FAMILY_COLOURS[f]) for f in families] + [h for h, _ in extra]
+    labels = families + [label for _, label in extra]
     columns = 2 if fig.get_figwidth() < 5 else 3
-    fig.legend(handles, families, loc="outside lower center", ncols=min(columns, len(families)), frameon=False,
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(columns, len(labels)), frameon=False,
                title=note, title_fontsize=5)
 
 
+CI_LABEL, STD_LABEL = "95 % CI", "± std over seeds"
+
+
 def ranked_bars(table, key: str, label: str, title: str, path: Path, width: float, higher_is_better: bool) -> list[Path]:
-    """Horizontal bars of one metric per method (± std over seeds), best first, coloured by family."""
+    """Horizontal bars of one metric per method (the mean over seeds), best first, coloured by
+    family. Error bars: the 95 % CI of the statistics (`<key>_ci_low/_ci_high`, bootstrapped over
+    seeds and test examples) where the table has one, else ± std over seeds (runs without
+    per-example scores, metrics the statistics do not cover), drawn apart (black / grey) and named
+    in the title and legend."""
     t = table.dropna(subset=[f"{key}_mean"]).sort_values(f"{key}_mean", ascending=not higher_is_better)
     t = t.iloc[::-1]  # barh draws from the bottom: the best ends on top
     fig, ((ax,),) = _figure(width, 0.18 * len(t) + 1.2)
     setting = t["sequence"].astype(str) + "/" + t["backbone"].astype(str)
     names = t["method"] if setting.nunique() <= 1 else t["method"] + " (" + setting + ")"
-    ax.barh(range(len(t)), t[f"{key}_mean"], xerr=t[f"{key}_std"].fillna(0), capsize=1.5,
-            color=[FAMILY_COLOURS[family_of(m)] for m in t["method"]], error_kw={"elinewidth": 0.6})
-    ax.set_yticks(range(len(t)), names)
+    y, mean = np.arange(len(t)), t[f"{key}_mean"].to_numpy(dtype=float)
+    ax.barh(y, mean, color=[FAMILY_COLOURS[family_of(m)] for m in t["method"]])
+    low, high = (t[c].to_numpy(dtype=float) if c in t else np.full(len(t), np.nan) for c in (f"{key}_ci_low", f"{key}_ci_high"))
+    ci = ~(np.isnan(low) | np.isnan(high))
+    std = t[f"{key}_std"].fillna(0).to_numpy(dtype=float)
+    style = {"fmt": "none", "capsize": 1.5, "elinewidth": 0.6, "capthick": 0.6}
+    bars = []  # each kind of error bar drawn, labelled for the legend
+    if ci.any():  # centred on the interval, so its ends are the CI's even where it excludes the mean
+        bars.append(ax.errorbar((low + high)[ci] / 2, y[ci], xerr=(high - low)[ci] / 2, ecolor="k", label=CI_LABEL, **style))
+    if not ci.all():
+        bars.append(ax.errorbar(mean[~ci], y[~ci], xerr=std[~ci], ecolor="0.55", label=STD_LABEL, **style))
+    if ci.all():
+        spread = "mean, 95 % CI over seeds and test examples"
+    else:
+        spread = "mean, 95 % CI (black), ± std where none (grey)" if ci.any() else "mean ± std over seeds"
+    ax.set_yticks(y, names)
     ax.set_xlabel(label)
-    ax.set_title(title)
-    _family_legend(fig, t["method"])
+    ax.set_title(f"{title}\n{spread}")
+    _family_legend(fig, t["method"], extra=[(b, b.get_label()) for b in bars])
     return _save(fig, path)
 
 
 def forgetting_bars(table, folder: Path, width: float) -> list[Path]:
     return ranked_bars(table, "forgetting", "forgetting (points, lower is better)",
-                       "Average forgetting (Chaudhry et al.)\nmean ± std over seeds", folder / "forgetting", width,
+                       "Average forgetting (Chaudhry et al.)", folder / "forgetting", width,
                        higher_is_better=False) + forgetting_by_setting(table, folder, width)
 
 
@@ -152,7 +175,8 @@ def forgetting_by_setting(table, folder: Path, width: float) -> list[Path]:
     settings = [s for s in ("task", "class", "domain") if s in set(t.get("setting", []))]
     if len(settings) < 2:
         return []
-    label = t["method"] + np.where(t["task_id"] == "oracle", " (oracle task id)", "")
+    from bench.task_id import ORACLE_MARK
+    label = t["method"] + np.where(t["task_id"] == "oracle", ORACLE_MARK, "")
     order = list(t.assign(label=label).groupby("label")["forgetting_mean"].mean().sort_values(ascending=False).index)
     fig, (axes,) = _figure(width, 0.18 * len(order) + 1.4, ncols=len(settings))
     for ax, setting in zip(axes, settings):
@@ -171,7 +195,7 @@ def forgetting_by_setting(table, folder: Path, width: float) -> list[Path]:
 
 def downstream_bars(table, folder: Path, width: float, keys: list[str]) -> list[Path]:
     """Mean downstream score over the downstream tasks (CLiMB phase II), per method; `keys` are the
-    table's downstream score columns (`down:<task>`)."""
+    table's downstream score columns (`down:<task>`). The statistics have no CI for them: ± std."""
     if not keys:
         return []
     t = table.copy()
@@ -179,9 +203,8 @@ def downstream_bars(table, folder: Path, width: float, keys: list[str]) -> list[
     t["downstream_mean"] = t[[f"{k}_mean" for k in keys]].mean(axis=1, skipna=False)
     t["downstream_std"] = sum(s.fillna(0) for s in per_seed_std) / len(keys)
     tasks = ", ".join(k.partition(":")[2] for k in keys)
-    return ranked_bars(t, "downstream", f"mean score % on {tasks}",
-                       "Downstream tasks (CLiMB phase II)\nmean ± std over seeds", folder / "downstream", width,
-                       higher_is_better=True)
+    return ranked_bars(t, "downstream", f"mean score % on {tasks}", "Downstream tasks (CLiMB phase II)",
+                       folder / "downstream", width, higher_is_better=True)
 
 
 LABEL_OFFSETS = [(dx * r, dy * r) for r in (1, 1.8, 2.8, 4, 5.5, 7) for dx, dy in  # points, nearest first

@@ -1,5 +1,7 @@
-"""Leaderboard tables (CSV, Markdown, LaTeX; mean ± std over seeds), figures (PNG + PDF) and the
-results page (results/index.html) from every finished run in a results directory."""
+"""Leaderboard tables (CSV, Markdown, LaTeX; mean ± std over seeds, 95 % CIs where the runs have
+per-example scores), the papers' claims (claims.md), what the compositions learned
+(diagnostics.md), figures (PNG + PDF) and the results page (results/index.html) from every
+finished run in a results directory."""
 import dataclasses
 import typing
 from pathlib import Path
@@ -104,12 +106,25 @@ def _human(n):
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
+# what LaTeX reads as markup in the notes under the table (to_latex escapes the table's own cells)
+LATEX_SPECIAL = str.maketrans({c: "\\" + c for c in "_&%#$"})
+
 COST_COLUMNS = [("trainable", "Trainable/task"), ("stored", "Stored"), ("inference", "Inference"), ("train_s", "Train s")]
 
 
+def method_names(table: pd.DataFrame) -> pd.Series:
+    """Method names as the tables show them: marked where the composition stayed at its
+    initialisation (`at_init`, bench/diagnostics.py), and where a method was given the true task id
+    in class- / domain-IL (bench/task_id.py)."""
+    from bench.diagnostics import AT_INIT_MARK
+    from bench.task_id import ORACLE_MARK
+    flagged = table["at_init"].fillna("").astype(bool) if "at_init" in table else False
+    oracle = table["task_id"] == "oracle" if "task_id" in table else False
+    return table["method"] + np.where(flagged, f" {AT_INIT_MARK}", "") + np.where(oracle, ORACLE_MARK, "")
+
+
 def pretty(table: pd.DataFrame) -> pd.DataFrame:
-    # a method given the true task id in class- / domain-IL is marked (bench/task_id.py)
-    out = pd.DataFrame({"Method": table["method"] + np.where(table["task_id"] == "oracle", " (oracle task id)", "")})
+    out = pd.DataFrame({"Method": method_names(table)})
     if table["sequence"].nunique() > 1 or table["backbone"].nunique() > 1:
         out.insert(0, "Setting", table["sequence"] + " / " + table["backbone"] + " / " + table["setting"] + "-IL")
     for k, label, _, _ in metric_columns(table):
@@ -152,7 +167,8 @@ def sortable_rows(table: pd.DataFrame) -> dict:
             groups[-1][1] += 1
         else:
             groups.append([h["group"], 1])
-    return {"header": header, "rows": rows, "groups": groups}
+    from bench.diagnostics import at_init_notes
+    return {"header": header, "rows": rows, "groups": groups, "notes": at_init_notes(table)}
 
 
 def failed_runs(out) -> list[tuple[str, str]]:
@@ -167,17 +183,24 @@ def write_report(out="results", options: ReportOptions | None = None) -> dict:
     if not runs:
         raise BenchError(f"no finished runs under {out}/runs (run `python run_bench.py run` first)")
     df = runs_frame(runs)
-    table, claims = with_statistics(leaderboard(df), out)
+    table, claims = with_statistics(leaderboard(df), out, options.figure_width)
+    from bench.diagnostics import at_init_notes, at_init_table, diagnostics_markdown
+    table = table.merge(at_init_table(runs), on=["sequence", "backbone", "method"], how="left")
     nice = pretty(table)
+    notes = at_init_notes(table)
     write_text(out / "leaderboard.csv", table.to_csv(index=False))
-    md = _markdown(nice)
+    md = "\n\n".join([_markdown(nice)] + notes)
     failed = failed_runs(out)
     if failed:
         md += "\n\nFailed runs:\n" + "\n".join(f"- `{rid}`: {why}" for rid, why in failed)
     write_text(out / "leaderboard.md", md + "\n")
-    write_text(out / "leaderboard.tex", nice.to_latex(index=False, escape=True).replace("±", r"$\pm$"))
+    tex = "\n".join([nice.to_latex(index=False, escape=True)] + [f"\\par {n.translate(LATEX_SPECIAL)}" for n in notes])
+    write_text(out / "leaderboard.tex", tex.replace("±", r"$\pm$").replace("†", r"$^\dagger$"))
     if claims:
         write_text(out / "claims.md", claims + "\n")
+    diagnostics = diagnostics_markdown(runs)
+    if diagnostics:
+        write_text(out / "diagnostics.md", diagnostics + "\n")
     from bench.figures import write_figures
     scores = [k for k in downstream_keys(table) if k != DOWN_TRANSFER]
     figures = write_figures(runs, table, out / "figures", options.figure_width, scores)
@@ -188,28 +211,32 @@ def write_report(out="results", options: ReportOptions | None = None) -> dict:
             "figures": figures, "failed": failed, "page": page}
 
 
-def with_statistics(table: pd.DataFrame, out: Path) -> tuple[pd.DataFrame, str]:
+def with_statistics(table: pd.DataFrame, out: Path, figure_width: float = 7.0) -> tuple[pd.DataFrame, str]:
     """`table` with 95 % CIs of the final average, forgetting and transfer (`<key>_ci_low/high`) and
     the groups of statistically indistinguishable methods (`group`), bootstrapped over seeds and
     test examples from the runs' per-example scores (bench/stats.py); a ranked-CI figure per
     setting; and the papers' claims judged on them (bench/claims.py), as Markdown."""
     from bench.cache import safe_name
-    from bench.claims import PAPER_CLAIMS, claims_markdown, judge
+    from bench.claims import PAPER_CLAIMS, claims_markdown, judge, left_out
     from bench.stats import bootstrap, ci_table, load_settings, write_ci_figure
     cis, claims = [], []
     for s in load_settings(out):
-        if not s.runs:
+        if not s.runs:  # older runs only: nothing to bootstrap, and the claims say why
+            claims.append("\n\n".join([f"### {s.sequence} / {s.backbone}",
+                                         "No claim judged: no run has per-example scores.", *left_out(s.excluded, [], [])]))
             continue
+        ran = table.loc[(table["sequence"] == s.sequence) & (table["backbone"] == s.backbone), "method"]
         boot = bootstrap(s.runs, baseline="finetune" if any(r.method == "finetune" for r in s.runs) else None)
         ci = ci_table(boot, s.sequence, s.backbone)
-        write_ci_figure(ci, out / "figures" / f"ci-{safe_name(Path(s.sequence).stem)}-{safe_name(s.backbone)}")
+        write_ci_figure(ci, out / "figures" / f"ci-{safe_name(Path(s.sequence).stem)}-{safe_name(s.backbone)}", figure_width)
         cis.append(ci)
-        claims.append(f"### {s.sequence} / {s.backbone}\n\n{claims_markdown(judge(PAPER_CLAIMS, boot))}")
-    if not cis:
-        return table, ""
-    ci = pd.concat(cis)
-    keep = ["sequence", "backbone", "method", "group"] + [c for c in ci.columns if c.endswith(("_ci_low", "_ci_high"))]
-    return table.merge(ci[keep], on=["sequence", "backbone", "method"], how="left"), "\n\n".join(claims)
+        claims.append("\n\n".join([f"### {s.sequence} / {s.backbone}", claims_markdown(judge(PAPER_CLAIMS, boot, ran)),
+                                     *left_out(s.excluded, boot.lacking, boot.seeds)]))
+    if cis:
+        ci = pd.concat(cis)
+        keep = ["sequence", "backbone", "method", "group"] + [c for c in ci.columns if c.endswith(("_ci_low", "_ci_high"))]
+        table = table.merge(ci[keep], on=["sequence", "backbone", "method"], how="left")
+    return table, "\n\n".join(claims)
 
 
 def _markdown(df: pd.DataFrame) -> str:

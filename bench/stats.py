@@ -292,17 +292,21 @@ def indistinguishable_groups(boot: Bootstrap, metric: str = "final_avg", alpha: 
     return groups
 
 
-def write_ci_figure(table: "pd.DataFrame", path: Path, metric: str = "final_avg") -> list[Path]:
-    """Ranked confidence intervals of `metric` (one row per method, best on top; PNG + PDF), each
-    labelled with its indistinguishability group letters."""
-    from bench.figures import _save, plt  # bench.figures selects the Agg backend
-    rows = table.dropna(subset=[metric]).sort_values(metric)
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(rows) + 1.2), layout="constrained")  # long method names stay inside
-    y = np.arange(len(rows))
-    err = [rows[metric] - rows[f"{metric}_ci_low"], rows[f"{metric}_ci_high"] - rows[metric]]
-    ax.errorbar(rows[metric], y, xerr=err, fmt="o", capsize=3)
-    ax.set_yticks(y, [f"{m}  ({g})" if g else m for m, g in zip(rows["method"], rows.get("group", [""] * len(rows)))])
-    ax.set_xlabel(f"{metric} with {CONFIDENCE:.0%} CI (bootstrap over seeds and test examples)")
-    ax.set_title("shared letters: not distinguishable (paired tests, Holm)")
-    ax.grid(axis="x", alpha=0.3)
-    return _save(fig, Path(path))
+def write_ci_figure(table: "pd.DataFrame", path: Path, width: float = 7.0, metric: str = "final_avg") -> list[Path]:
+    """Ranked confidence intervals of `metric` (one row per method, best on top; PNG + PDF, `width`
+    inches wide, in the report's figure style), each labelled with its indistinguishability group
+    letters."""
+    from bench.figures import STYLE, _save, plt  # bench.figures selects the Agg backend
+    rows = table.dropna(subset=[metric, f"{metric}_ci_low", f"{metric}_ci_high"]).sort_values(metric)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(width, 0.18 * len(rows) + 1.2), layout="constrained")  # long names stay inside
+        y = np.arange(len(rows))
+        low, high = rows[f"{metric}_ci_low"].to_numpy(), rows[f"{metric}_ci_high"].to_numpy()
+        # centred on the interval: a percentile interval need not contain the point estimate
+        ax.errorbar((low + high) / 2, y, xerr=(high - low) / 2, fmt="none", capsize=2, elinewidth=0.6)
+        ax.plot(rows[metric], y, "o", markersize=3, color="C0")
+        ax.set_yticks(y, [f"{m}  ({g})" if g else m for m, g in zip(rows["method"], rows.get("group", [""] * len(rows)))])
+        ax.set_xlabel(f"{metric}, {CONFIDENCE:.0%} CI\n(bootstrap over seeds and test examples)")
+        ax.set_title("shared letters: not distinguishable\n(paired tests, Holm)")
+        ax.grid(axis="x", alpha=0.3)
+        return _save(fig, Path(path))

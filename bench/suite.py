@@ -5,7 +5,8 @@ import time
 import typing
 from dataclasses import dataclass
 
-from bench.config import TASK_OPTIONS, RunConfig, TaskPlan, _coerce, data_plans, plan_tasks, resolve, validate_set_owners
+from bench.config import (TASK_OPTIONS, RunConfig, TaskPlan, _coerce, data_plans, load_sequence, plan_tasks, resolve,
+                          validate_set_owners)
 from bench.errors import BenchError
 from bench.registry import BACKBONES, METHODS, TASKS
 from bench.store import check_writable, is_done, runs_dir
@@ -44,7 +45,7 @@ def plan(methods: list[str], seeds: list[int], sets: list[tuple[str, str]], devi
          **base) -> list[list[RunConfig]]:
     """Waves of runs: wave 0 holds the single-task references, wave 1 everything else."""
     known = METHODS.names()
-    methods = known if methods == ["all"] else methods
+    methods = method_set(methods, dict(sets).get("sequence", base.get("sequence", "default")), known)
     for m in methods:
         METHODS.get(m)  # did-you-mean for unknown names before anything runs
     validate_set_owners(sets, known)
@@ -60,6 +61,16 @@ def plan(methods: list[str], seeds: list[int], sets: list[tuple[str, str]], devi
     refs = {r.run_id: r for r in (reference_config(c) for c in runs)}
     rest = [r for r in runs if r.run_id not in refs]
     return [list(refs.values()), rest]
+
+
+def method_set(methods: list[str], sequence: str, known: list[str]) -> list[str]:
+    """`all`: every registered method; `default`: the sequence's default set (its `methods:` list,
+    which `make leaderboard` runs), every method when it names none; otherwise the names given."""
+    if methods == ["all"]:
+        return known
+    if methods == ["default"]:
+        return load_sequence(sequence).get("methods") or known
+    return methods
 
 
 # (field, check, rule) for run settings and per-task options, from --set or a sequence file

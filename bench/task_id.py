@@ -21,6 +21,7 @@ from bench.prefix import FrozenPrefix
 from bench.train import overrides
 
 PROTOTYPE_EXAMPLES = 256  # training examples per task averaged into its prototype
+ORACLE_MARK = " (oracle task id)"  # after the name of a method given the true task id, in tables and figures
 
 
 def task_id_source(method) -> str:

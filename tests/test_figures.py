@@ -2,47 +2,16 @@
 renderer measures them), bars sorted by the value shown and coloured by family, the requested
 width, TrueType fonts embedded in the PDFs, and the downstream and compute figures. Built from
 fake finished runs with the reference leaderboard's parameter counts (18 methods, clustered)."""
-import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.figure import Figure
 
 from bench import figures, report
 from bench.families import family_of
 from fake_runs import leaderboard_runs
+from figure_checks import capture
 
-SAVED = {}  # file stem -> what the saved figure showed
-
-
-def undrawn_ticklabels(fig) -> set:
-    """Tick labels of ticks outside their axis's view: matplotlib keeps but does not draw them."""
-    out = set()
-    for ax in fig.axes:
-        for axis in (ax.xaxis, ax.yaxis):
-            low, high = sorted(axis.get_view_interval())
-            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
-                if not low - 1e-9 * abs(high - low) <= tick.get_loc() <= high + 1e-9 * abs(high - low):
-                    out.update({id(tick.label1), id(tick.label2)})
-    return out
-
-
-def snapshot(fig) -> dict:
-    fig.canvas.draw()  # measured at the figure's own dpi (savefig drew it at another)
-    renderer = fig.canvas.get_renderer()
-    hidden = undrawn_ticklabels(fig)
-    texts = [t for t in fig.findobj(matplotlib.text.Text)
-             if t.get_visible() and t.get_text().strip() and id(t) not in hidden]
-    # the text's own box (an annotation's extent would include its leader line)
-    boxes = [(t.get_text(), matplotlib.text.Text.get_window_extent(t, renderer)) for t in texts]
-    overlaps = [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:] if box_a.overlaps(box_b)]
-    outside = [t for t, box in boxes if box.x0 < -1 or box.y0 < -1 or box.x1 > fig.bbox.x1 + 1 or box.y1 > fig.bbox.y1 + 1]
-    ax = fig.axes[0]
-    return {"overlaps": overlaps, "outside": outside, "size": tuple(fig.get_size_inches()),
-            "yticks": [t.get_text() for t in ax.get_yticklabels() if t.get_visible()],
-            "bars": [(p.get_width(), p.get_facecolor()) for p in ax.patches],
-            "legend": [t.get_text() for legend in fig.legends for t in legend.get_texts()],
-            "offsets": [c.get_offsets() for c in ax.collections if hasattr(c, "get_offsets")]}
+SAVED = {}  # (width, file name under its folder) -> what the saved figure showed
 
 
 @pytest.fixture(scope="module")
@@ -52,34 +21,19 @@ def drawn(tmp_path_factory):
     runs = leaderboard_runs(out)
     table = report.leaderboard(report.runs_frame(runs))
     few = [r for r in runs if r["method"] == "scalearn_uniform_pp"]
-    real_savefig, real_write = Figure.savefig, figures.write_atomic
-    saving = {}
-
-    def write_atomic(path, write, **kw):  # the file being written
-        saving["stem"] = path.stem
-        return real_write(path, write, **kw)
-
-    def savefig(fig, fname, *args, **kwargs):  # the figure as saved
-        real_savefig(fig, fname, *args, **kwargs)
-        if kwargs.get("format") == "png":
-            SAVED[(round(fig.get_figwidth(), 1), saving["stem"])] = snapshot(fig)
-    mp = pytest.MonkeyPatch()
-    mp.setattr(Figure, "savefig", savefig)
-    mp.setattr(figures, "write_atomic", write_atomic)
     paths = {}
-    try:
-        for width in (3.3, 7.0):
-            down = [k for k in report.downstream_keys(table) if k != report.DOWN_TRANSFER]
+    for width in (3.3, 7.0):
+        down = [k for k in report.downstream_keys(table) if k != report.DOWN_TRANSFER]
+        with capture(SAVED, out / f"w{width}"):
             paths[width] = figures.write_figures(few, table, out / f"w{width}", width, down)
-    finally:
-        mp.undo()
     return runs, table, paths
 
 
 def test_no_two_labels_overlap_at_either_width(drawn):
     _, _, paths = drawn
-    assert {stem for _, stem in SAVED} >= {"forgetting", "downstream", "score_vs_params", "score_vs_compute",
-                                         "default-default-scalearn_uniform_pp"}
+    assert {name for _, name in SAVED} == {"forgetting", "downstream", "score_vs_params", "score_vs_compute",
+                                         "matrix/default-default-scalearn_uniform_pp",
+                                         "curves/default-default-scalearn_uniform_pp"}
     for key, shown in SAVED.items():
         assert shown["overlaps"] == [], key
         assert shown["outside"] == [], key
@@ -113,7 +67,9 @@ def test_bars_sorted_by_value_and_coloured_by_family(drawn):
     assert len(colours) == len({family_of(m) for m in best_first}) > 3
     for (w, colour), method in zip(shown["bars"][::-1], best_first):
         assert tuple(colour[:3]) == pytest.approx(figures.FAMILY_COLOURS[family_of(method)])
-    assert set(shown["legend"]) == {family_of(m) for m in best_first}
+    # no run has per-example scores: every error bar is the spread over seeds, and the figure says so
+    assert set(shown["legend"]) == {family_of(m) for m in best_first} | {figures.STD_LABEL}
+    assert list(shown["errorbars"]) == [figures.STD_LABEL] and shown["title"].endswith("mean ± std over seeds")
 
 
 def test_downstream_figure_ranks_the_mean_downstream_score(drawn):

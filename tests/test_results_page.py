@@ -46,6 +46,10 @@ def test_report_writes_self_contained_pages_per_setting(results):
         assert "http://" not in html and "https://" not in html and "<link" not in html
     assert index.count("data:image/png;base64,") == 4  # forgetting, downstream, score vs params, vs compute
     assert "non-finite loss while training task digits" in index and "Downstream (CLiMB phase II)" in index
+    # runs made before per-example scores: no CIs, no claim judged, and claims.md says why
+    claims = (out / "claims.md").read_text()
+    assert claims.count("No claim judged: no run has per-example scores.") == 2 and "`default-ewc-s0-fake`" in claims
+    assert "[" not in (out / "leaderboard.md").read_text().split("Failed runs")[0]
     page = (out / "pages" / "default-default.html").read_text()
     for method in METHODS:
         assert f"<h3>{method} <span" in page  # its score matrix

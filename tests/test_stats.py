@@ -204,7 +204,19 @@ def test_claims_table_says_effect_ci_and_verdict():
     md = claims_markdown(judge([Claim("a beats b", "final_avg", "a", "b"), Claim("c forgets nothing", "forgetting", "c", 0.0, "=")], boot))
     lines = md.splitlines()
     assert lines[2].startswith("| a beats b | final_avg (a vs b) | +") and lines[2].endswith("| reproduced |")
-    assert lines[3] == "| c forgets nothing | forgetting (c vs 0.0) | – | – | no runs |"
+    assert lines[3] == "| c forgets nothing | forgetting (c vs 0.0) | – | – | not run |"
+
+
+def test_claims_the_runs_cannot_judge_say_why():
+    from bench.claims import LEFT_OUT, NOT_RUN, SEEDS_MISSING, UNDEFINED, Claim, judge
+    rng = np.random.default_rng(10)
+    runs = runs_of("a", [[.7]], rng=rng) + runs_of("b", [[.6]], rng=rng) + runs_of("c", [[.6]], seeds=(0, 1), rng=rng)
+    boot = bootstrap(runs, n_resamples=100)  # c lacks seed 2; one task: forgetting is undefined
+    claims = [Claim("x", "final_avg", "a", "c"), Claim("x", "final_avg", "old", "a"), Claim("x", "final_avg", "a", "new"),
+              Claim("x", "forgetting", "a", "b"), Claim("x", "final_avg", "c", "old")]
+    verdicts = judge(claims, boot, ran=["a", "b", "c", "old"])
+    assert list(verdicts["verdict"]) == [SEEDS_MISSING, LEFT_OUT, NOT_RUN, UNDEFINED, LEFT_OUT]
+    assert verdicts["effect"].isna().all()
 
 
 def test_verdicts_by_hand():
