@@ -12,8 +12,8 @@ In `class` and `domain` every method sees each task as a `UnionTask` (the union'
 base class builds union-wide heads) and its heads are one module per input format (the same module
 at every task index of that format: methods written against `self.heads[t]` run unchanged). The
 training loss is over the whole union; the classes not seen yet are masked only in predictions
-(validation and test). Which task's modules predict an
-example is chosen without its task id (bench/task_id.py).
+(validation and test). Which task's modules predict an example is chosen without its task id
+(bench/task_id.py).
 """
 import dataclasses
 
