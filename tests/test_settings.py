@@ -2,7 +2,6 @@
 space built by hand, the task id never given to `predict` (recorded), a method that knows only the
 last task scoring 0 on earlier ones, the task-id predictor against a bare nearest-prototype loop,
 oracle methods marked, and task-IL run ids untouched."""
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 import bench.runner as runner
+from bench import metrics
 from bench.config import resolve
 from bench.data import EncodedSplit, sparse_targets
 from bench.errors import BenchError
@@ -144,6 +144,7 @@ def test_a_method_that_knows_only_the_last_task_scores_zero_on_earlier_tasks(mon
     assert m["setting"] == "class" and m["task_id"] == "shared"
     A = m["matrix"]
     assert all(A[i][j] == 0 for i in range(3) for j in range(i))
+    assert metrics.summary(A, m["chance"], m["single_task"]) == m["summary"]  # the formulas, from metrics.json
     assert all(A[i][i] > 0 for i in range(3))
     # the harness never gave the scored task's id: after task i every split is predicted with index i
     assert {cell: set(given) for cell, given in recorder.by_cell().items()} == {(i, j): {i} for i in range(3) for j in range(i + 1)}
