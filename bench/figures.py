@@ -170,7 +170,8 @@ def forgetting_bars(table, folder: Path, width: float) -> list[Path]:
 
 def forgetting_by_setting(table, folder: Path, width: float) -> list[Path]:
     """With runs in several settings (task / class / domain, bench/settings.py): their forgetting
-    side by side, one panel per setting, the methods in one order (least mean forgetting on top)."""
+    side by side, one panel per setting on one scale, the methods in one order (least mean
+    forgetting on top)."""
     t = table.dropna(subset=["forgetting_mean"])
     settings = [s for s in ("task", "class", "domain") if s in set(t.get("setting", []))]
     if len(settings) < 2:
@@ -188,6 +189,9 @@ def forgetting_by_setting(table, folder: Path, width: float) -> list[Path]:
         ax.set_yticks(range(len(order)), order if ax is axes[0] else [""] * len(order))
         ax.set_title(f"{setting}-incremental")
         ax.set_xlabel("forgetting (points)")
+    top = float((t["forgetting_mean"] + t["forgetting_std"].fillna(0)).max())
+    for ax in axes:  # one scale, so the panels compare
+        ax.set_xlim(min(0.0, float(t["forgetting_mean"].min())), 1.05 * top if top > 0 else 1.0)
     fig.suptitle("Average forgetting per setting, mean ± std over seeds (lower is better)")
     _family_legend(fig, t["method"])
     return _save(fig, folder / "forgetting_settings")
