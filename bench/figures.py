@@ -187,12 +187,11 @@ def forgetting_by_setting(table, folder: Path, width: float) -> list[Path]:
         ax.barh([order.index(m) for m in rows], mean[rows], xerr=std[rows], capsize=1.5, error_kw={"elinewidth": 0.6},
                 color=[FAMILY_COLOURS[family_of(m.split(" ")[0])] for m in rows])
         ax.set_yticks(range(len(order)), order if ax is axes[0] else [""] * len(order))
-        ax.set_title(f"{setting}-incremental")
-        ax.set_xlabel("forgetting (points)")
+        ax.set_title(f"{setting}-IL")
     top = float((t["forgetting_mean"] + t["forgetting_std"].fillna(0)).max())
     for ax in axes:  # one scale, so the panels compare
         ax.set_xlim(min(0.0, float(t["forgetting_mean"].min())), 1.05 * top if top > 0 else 1.0)
-    fig.suptitle("Average forgetting per setting, mean ± std over seeds (lower is better)")
+    fig.suptitle("Average forgetting per setting\n(points, lower is better; mean ± std over seeds)")
     _family_legend(fig, t["method"])
     return _save(fig, folder / "forgetting_settings")
 

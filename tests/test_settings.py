@@ -239,7 +239,9 @@ def test_predictions_are_over_the_classes_seen_so_far():
 
 def test_the_report_keeps_settings_apart_and_marks_the_oracle(tmp_path):
     from bench import report
-    from bench.figures import forgetting_by_setting
+    import matplotlib.pyplot as plt
+    from bench.figures import STYLE, forgetting_by_setting
+    from figure_checks import capture
     from bench.settings import labelled
     base = {"method": "adapter", "backbone": "toy", "seed": 0, "summary": {"forgetting": 1.0},
             "params": {"trainable_per_task": [1], "stored": 1, "inference": 1}, "time": {"train_s_per_task": [1.0], "total_s": 1.0}}
@@ -250,6 +252,13 @@ def test_the_report_keeps_settings_apart_and_marks_the_oracle(tmp_path):
     shown = report.pretty(report.leaderboard(report.runs_frame(runs)))
     assert list(shown["Setting"]) == ["default / toy / task-IL", "default (class) / toy / class-IL", "default_class / toy / class-IL"]
     assert list(shown["Method"]) == ["adapter", "adapter (oracle task id)", "adapter"]
-    paths = forgetting_by_setting(report.leaderboard(report.runs_frame(runs)), tmp_path, 7.0)
-    assert {p.name for p in paths} == {"forgetting_settings.png", "forgetting_settings.pdf"}
+    saved = {}
+    with plt.rc_context(STYLE), capture(saved, tmp_path):
+        for width in (3.3, 7.0):
+            paths = forgetting_by_setting(report.leaderboard(report.runs_frame(runs)), tmp_path, width)
+            assert {p.name for p in paths} == {"forgetting_settings.png", "forgetting_settings.pdf"}
+    for width in (3.3, 7.0):  # every text readable at either width
+        shown = saved[(width, "forgetting_settings")]
+        assert shown["overlaps"] == [] and shown["outside"] == [] and shown["title"] == "task-IL"
+        assert [w for w, _ in shown["bars"]] == [1.0]  # the task-IL panel: its one run
     assert forgetting_by_setting(report.leaderboard(report.runs_frame(runs[:1])), tmp_path, 7.0) == []
