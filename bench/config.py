@@ -41,10 +41,16 @@ class RunConfig:
     val_checks: int = 2                      # validation passes per task for model selection
     shots: typing.Optional[float] = None     # low-shot: fraction (<1) or k per class (>=1)
     data_root: typing.Optional[str] = None
+    setting: typing.Optional[str] = None     # task / class / domain (bench/settings.py); None: the sequence's
     hparams: dict = field(default_factory=dict)  # the method's dataclass, resolved
 
     def identity(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as it enters the run id; the task-incremental setting is left out, so task-IL
+        run ids are those of the runs made before settings existed."""
+        out = dataclasses.asdict(self)
+        if out["setting"] in (None, "task"):
+            del out["setting"]
+        return out
 
     @property
     def run_id(self) -> str:
@@ -61,10 +67,11 @@ class RunConfig:
     def _digest(self) -> str:
         from bench.identity import data_fingerprint, method_code
         from bench.registry import METHODS, TASKS
+        from bench.settings import setting_identity
         plans = [dataclasses.asdict(p) for part in ("tasks", "downstream") for p in plan_tasks(self, part)]
         data = {p["name"]: data_fingerprint(TASKS.get(p["name"])(), self.data_root) for p in plans}
         blob = json.dumps({**self.identity(), "plans": plans, "code": method_code(METHODS.get(self.method)),
-                           "data": data}, sort_keys=True, default=str)
+                           "data": data, **setting_identity(self)}, sort_keys=True, default=str)
         name = Path(self.sequence).stem  # a sequence given as a file path must not make the id a path
         return f"{name}-{self.method}-s{self.seed}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
@@ -200,6 +207,8 @@ def resolve(method: str, method_cls, sets: list[tuple[str, str]], device: str = 
         else:
             raise did_you_mean(key, list(RUN_FIELDS) + list(EXEC_KEYS), "--set key")
     hp = {**sequence_hparams(cfg.sequence, method, hp_fields, hp_hints), **hp}
+    from bench.settings import setting_of
+    cfg.setting = setting_of(cfg)
     from bench.precision import resolve_precision  # imports torch: not for `list`
     cfg.precision = resolve_precision(cfg.precision, device)
     try:  # the method's own range checks (HParams.__post_init__), before anything runs
