@@ -65,13 +65,16 @@ class RunConfig:
         return self._run_id[1]
 
     def _digest(self) -> str:
-        from bench.identity import data_fingerprint, method_code
+        from bench.identity import data_fingerprint, method_code, task_code_digest
         from bench.registry import METHODS, TASKS
         from bench.settings import setting_identity
         plans = [dataclasses.asdict(p) for part in ("tasks", "downstream") for p in plan_tasks(self, part)]
-        data = {p["name"]: data_fingerprint(TASKS.get(p["name"])(), self.data_root) for p in plans}
+        tasks = {p["name"]: TASKS.get(p["name"])() for p in plans}
+        data = {name: data_fingerprint(task, self.data_root) for name, task in tasks.items()}
+        # a task's code (its loader, the Task split logic) decides which examples a run sees
+        task_code = {name: task_code_digest(task) for name, task in tasks.items()}
         blob = json.dumps({**self.identity(), "plans": plans, "code": method_code(METHODS.get(self.method)),
-                           "data": data, **setting_identity(self)}, sort_keys=True, default=str)
+                           "data": data, "task_code": task_code, **setting_identity(self)}, sort_keys=True, default=str)
         name = Path(self.sequence).stem  # a sequence given as a file path must not make the id a path
         return f"{name}-{self.method}-s{self.seed}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
