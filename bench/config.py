@@ -44,10 +44,16 @@ class RunConfig:
     val_checks: int = 2                      # validation passes per task for model selection
     shots: typing.Optional[float] = None     # low-shot: fraction (<1) or k per class (>=1)
     data_root: typing.Optional[str] = None
+    setting: typing.Optional[str] = None     # task / class / domain (bench/settings.py); None: the sequence's
     hparams: dict = field(default_factory=dict)  # the method's dataclass, resolved
 
     def identity(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as it enters the run id; the task-incremental setting is left out, so task-IL
+        run ids are those of the runs made before settings existed."""
+        out = dataclasses.asdict(self)
+        if out["setting"] in (None, "task"):
+            del out["setting"]
+        return out
 
     @property
     def run_id(self) -> str:
@@ -62,12 +68,16 @@ class RunConfig:
         return self._run_id[1]
 
     def _digest(self) -> str:
-        from bench.identity import data_fingerprint, method_code
+        from bench.identity import data_fingerprint, method_code, task_code_digest
         from bench.registry import METHODS, TASKS
+        from bench.settings import setting_identity
         plans = [plan_identity(p) for part in TASK_PARTS for p in plan_tasks(self, part)]
-        data = {p["name"]: data_fingerprint(TASKS.get(p["name"])(), self.data_root) for p in plans}
+        tasks = {p["name"]: TASKS.get(p["name"])() for p in plans}
+        data = {name: data_fingerprint(task, self.data_root) for name, task in tasks.items()}
+        # a task's code (its loader, the Task split logic) decides which examples a run sees
+        task_code = {name: task_code_digest(task) for name, task in tasks.items()}
         blob = json.dumps({**self.identity(), "plans": plans, "code": method_code(METHODS.get(self.method)),
-                           "data": data}, sort_keys=True, default=str)
+                           "data": data, "task_code": task_code, **setting_identity(self)}, sort_keys=True, default=str)
         name = Path(self.sequence).stem  # a sequence given as a file path must not make the id a path
         return f"{name}-{self.method}-s{self.seed}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
@@ -223,6 +233,8 @@ def resolve(method: str, method_cls, sets: list[tuple[str, str]], device: str = 
         else:
             raise did_you_mean(key, list(RUN_FIELDS) + list(EXEC_KEYS), "--set key")
     hp = {**sequence_hparams(cfg.sequence, method, hp_fields, hp_hints), **hp}
+    from bench.settings import setting_of
+    cfg.setting = setting_of(cfg)
     from bench.precision import resolve_precision  # imports torch: not for `list`
     cfg.precision = resolve_precision(cfg.precision, device)
     try:  # the method's own range checks (HParams.__post_init__), before anything runs

@@ -8,38 +8,46 @@ from torch.utils._pytree import tree_leaves
 from bench.data import EncodedSplit
 from bench.examples import cell_score
 from bench.precision import autocast
+from bench.settings import seen_only
 from bench.store import state_digest
 
 
 @torch.inference_mode()
-def _example_scores(method, t: int, data: EncodedSplit, batch_size: int, precision: str, ctx):
-    """Per batch of task t's `data`, each example's score in [0, 1] (a device tensor): accuracy, or
-    the VQA soft score (min(#humans/3, 1)) of the predicted answer. With the final model of task
-    t, or as trained in `ctx` (validation)."""
+def _example_scores(method, t: int, data: EncodedSplit, batch_size: int, precision: str, ctx, models=None):
+    """Per batch of task t's `data`, (the examples' indices, each one's score in [0, 1]: accuracy, or
+    the VQA soft score (min(#humans/3, 1)) of the predicted answer), device tensors. With the final
+    model of task t, or as trained in `ctx` (validation). `models` (class- / domain-IL, bench/task_id.py):
+    per example, the task index whose model predicts it, chosen without its task id."""
     metric = method.tasks[t].metric
-    method.activate(t, ctx)
+    everything = torch.arange(len(data), device=data.fields["label"].device)
+    groups = [(t, everything)] if models is None else [(int(k), everything[models == k]) for k in models.unique()]
     method.net.eval()
     try:
-        for batch in data.batches(batch_size):
-            label = batch["label"]
-            with autocast(precision, label.device.type):
-                pred = method.predict(batch, t).argmax(-1)
-            yield label.gather(1, pred[:, None])[:, 0] if metric == "vqa_score" else pred == label
+        for k, rows in groups:
+            method.activate(k, ctx)
+            for i in range(0, len(rows), batch_size):
+                batch = data.batch(rows[i:i + batch_size])
+                label = batch["label"]
+                with autocast(precision, label.device.type):
+                    pred = seen_only(method.tasks[k], method.predict(batch, k)).argmax(-1)
+                yield rows[i:i + batch_size], label.gather(1, pred[:, None])[:, 0] if metric == "vqa_score" else pred == label
     finally:
         method.net.train()
 
 
 def score(method, t: int, data: EncodedSplit, batch_size: int = 256, precision: str = "fp32", ctx=None) -> float:
     """Task t's score (%) on `data`; one host sync per evaluation, not per batch."""
-    total = sum(values.sum().double() for values in _example_scores(method, t, data, batch_size, precision, ctx))
+    total = sum(values.sum().double() for _, values in _example_scores(method, t, data, batch_size, precision, ctx))
     return float(100.0 * total / len(data))
 
 
-def per_example_scores(method, t: int, data: EncodedSplit, batch_size: int = 256, precision: str = "fp32") -> np.ndarray:
+def per_example_scores(method, t: int, data: EncodedSplit, batch_size: int = 256, precision: str = "fp32",
+                       models=None) -> np.ndarray:
     """What `score` averages, per test example in the split's order (bool for accuracy, float32 VQA
     scores), so bench.examples.cell_score of it is the score; for the report's statistics."""
-    parts = list(_example_scores(method, t, data, batch_size, precision, None))
-    return torch.cat([p if p.dtype == torch.bool else p.float() for p in parts]).cpu().numpy()
+    rows, parts = zip(*_example_scores(method, t, data, batch_size, precision, None, models))
+    values = torch.cat([p if p.dtype == torch.bool else p.float() for p in parts])
+    return values[torch.cat(rows).argsort()].cpu().numpy()
 
 
 # Calls that read or set a tensor's autograd flags, never its values: PEFT's set_adapter (in a

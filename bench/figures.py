@@ -164,7 +164,36 @@ def ranked_bars(table, key: str, label: str, title: str, path: Path, width: floa
 
 def forgetting_bars(table, folder: Path, width: float) -> list[Path]:
     return ranked_bars(table, "forgetting", "forgetting (points, lower is better)",
-                       "Average forgetting (Chaudhry et al.)", folder / "forgetting", width, higher_is_better=False)
+                       "Average forgetting (Chaudhry et al.)", folder / "forgetting", width,
+                       higher_is_better=False) + forgetting_by_setting(table, folder, width)
+
+
+def forgetting_by_setting(table, folder: Path, width: float) -> list[Path]:
+    """With runs in several settings (task / class / domain, bench/settings.py): their forgetting
+    side by side, one panel per setting on one scale, the methods in one order (least mean
+    forgetting on top)."""
+    t = table.dropna(subset=["forgetting_mean"])
+    settings = [s for s in ("task", "class", "domain") if s in set(t.get("setting", []))]
+    if len(settings) < 2:
+        return []
+    from bench.task_id import ORACLE_MARK
+    label = t["method"] + np.where(t["task_id"] == "oracle", ORACLE_MARK, "")
+    order = list(t.assign(label=label).groupby("label")["forgetting_mean"].mean().sort_values(ascending=False).index)
+    fig, (axes,) = _figure(width, 0.18 * len(order) + 1.4, ncols=len(settings))
+    for ax, setting in zip(axes, settings):
+        mine = t[t["setting"] == setting].assign(label=label).groupby("label")
+        mean, std = mine["forgetting_mean"].mean(), mine["forgetting_std"].mean().fillna(0)
+        rows = [m for m in order if m in mean.index]
+        ax.barh([order.index(m) for m in rows], mean[rows], xerr=std[rows], capsize=1.5, error_kw={"elinewidth": 0.6},
+                color=[FAMILY_COLOURS[family_of(m.split(" ")[0])] for m in rows])
+        ax.set_yticks(range(len(order)), order if ax is axes[0] else [""] * len(order))
+        ax.set_title(f"{setting}-IL")
+    top = float((t["forgetting_mean"] + t["forgetting_std"].fillna(0)).max())
+    for ax in axes:  # one scale, so the panels compare
+        ax.set_xlim(min(0.0, float(t["forgetting_mean"].min())), 1.05 * top if top > 0 else 1.0)
+    fig.suptitle("Average forgetting per setting\n(points, lower is better; mean ± std over seeds)")
+    _family_legend(fig, t["method"])
+    return _save(fig, folder / "forgetting_settings")
 
 
 def downstream_bars(table, folder: Path, width: float, keys: list[str]) -> list[Path]:

@@ -1,5 +1,5 @@
-"""What a run's identity sees besides its configuration: the code of its method and the files its
-tasks read. Both enter the run id (bench/config.py), and the files enter the split cache key too
+"""What a run's identity sees besides its configuration: the code of its method and of its tasks,
+and the files its tasks read. Both enter the run id (bench/config.py), and the files enter the split cache key too
 (bench/runner.py plan_split), so an edited method or an edited annotation file is retrained and
 re-encoded instead of being served from an earlier run."""
 import hashlib
@@ -16,6 +16,12 @@ def method_code(method_cls) -> str:
     """Digest of the source files of the method's class and of every class it inherits from
     (its module, a parent method's module, bench/method.py): editing any of them is a new run."""
     return code_digest(*method_cls.__mro__[:-1])
+
+
+def task_code_digest(task) -> str:
+    """Digest of the source of a task's class and the classes it inherits from (its module, a
+    parent task's module, bench/task.py): an edited loader or split rule is a new run."""
+    return code_digest(*type(task).__mro__[:-1])
 
 
 def data_fingerprint(task, data_root) -> str | None:

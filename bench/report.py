@@ -11,6 +11,7 @@ import pandas as pd
 
 from bench import novel, probe
 from bench.errors import BenchError
+from bench.settings import labelled
 from bench.store import finished_runs, runs_dir, write_text
 
 COLUMNS = [  # (column, label, higher is better)
@@ -45,7 +46,8 @@ class ReportOptions:
 def runs_frame(runs: list[dict]) -> pd.DataFrame:
     rows = []
     for r in runs:
-        row = {"method": r["method"], "sequence": r["sequence"], "backbone": r["backbone"], "seed": r["seed"]}
+        row = {"method": r["method"], "sequence": r["sequence"], "backbone": r["backbone"], "seed": r["seed"],
+               "setting": r.get("setting", "task"), "task_id": r.get("task_id", "given")}
         row.update({k: r["summary"].get(k) for k, _, _ in COLUMNS})
         row.update({"trainable": float(np.mean(r["params"]["trainable_per_task"])), "stored": r["params"]["stored"],
                     "inference": r["params"]["inference"], "train_s": sum(r["time"]["train_s_per_task"]),
@@ -82,6 +84,8 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
     table["n"] = g.size()
     for k in ("trainable", "stored", "inference", "train_s"):
         table[k] = g[k].mean()
+    for k in ("setting", "task_id"):  # one per (sequence, backbone, method): bench/settings.py labelled
+        table[k] = g[k].first()
     return table.reset_index().sort_values(["sequence", "backbone", "final_avg_mean"], ascending=[True, True, False])
 
 
@@ -119,16 +123,19 @@ COST_COLUMNS = [("trainable", "Trainable/task"), ("stored", "Stored"), ("inferen
 
 def method_names(table: pd.DataFrame) -> pd.Series:
     """Method names as the tables show them: marked where the composition stayed at its
-    initialisation (`at_init`, bench/diagnostics.py)."""
+    initialisation (`at_init`, bench/diagnostics.py), and where a method was given the true task id
+    in class- / domain-IL (bench/task_id.py)."""
     from bench.diagnostics import AT_INIT_MARK
+    from bench.task_id import ORACLE_MARK
     flagged = table["at_init"].fillna("").astype(bool) if "at_init" in table else False
-    return table["method"] + np.where(flagged, f" {AT_INIT_MARK}", "")
+    oracle = table["task_id"] == "oracle" if "task_id" in table else False
+    return table["method"] + np.where(flagged, f" {AT_INIT_MARK}", "") + np.where(oracle, ORACLE_MARK, "")
 
 
 def pretty(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"Method": method_names(table)})
     if table["sequence"].nunique() > 1 or table["backbone"].nunique() > 1:
-        out.insert(0, "Setting", table["sequence"] + " / " + table["backbone"])
+        out.insert(0, "Setting", table["sequence"] + " / " + table["backbone"] + " / " + table["setting"] + "-IL")
     for k, label, _, _ in metric_columns(table):
         out[label] = [cell(row, k) for _, row in table.iterrows()]
     out["Trainable/task"] = table["trainable"].map(_human)
@@ -181,7 +188,7 @@ def failed_runs(out) -> list[tuple[str, str]]:
 def write_report(out="results", options: ReportOptions | None = None) -> dict:
     options = options or ReportOptions()
     out = Path(out)
-    runs = finished_runs(out)
+    runs = [labelled(m) for m in finished_runs(out)]
     if not runs:
         raise BenchError(f"no finished runs under {out}/runs (run `python run_bench.py run` first)")
     df = runs_frame(runs)

@@ -28,8 +28,10 @@ from bench.precision import compile_backbone
 from bench.prefix import FrozenPrefix
 from bench.registry import METHODS
 from bench.run_state import RunState
+from bench.settings import label_space, setting_of
 from bench.store import read_done, remove_partial_files, runs_dir, write_json, write_text
 from bench.reuse import fit_or_reuse
+from bench.task_id import Router, task_id_source
 from bench.train import fit, param_groups
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +45,7 @@ def task_seed(seed: int, t: int) -> int:
 def reference_config(cfg: RunConfig) -> RunConfig:
     """The single-task reference (S_j) run matching `cfg`: same sequence, backbone, seed, budget."""
     base = {k: v for k, v in cfg.identity().items() if k not in ("method", "hparams", "lr", "head_lr")}
+    base["setting"] = cfg.setting  # task-IL leaves it out of the identity
     return resolve("single_task", METHODS.get("single_task"), [], **base)
 
 
@@ -177,12 +180,21 @@ class Run:
             task.prepare(cfg.data_root)  # label spaces that live in the files (answer vocabularies, class folders)
         backbone = build_backbone(cfg.backbone)
         check_modalities(type(backbone), cfg.backbone, self.tasks + self.down_tasks + probe_tasks)
-        self.method = build_method(cfg, METHODS.get(cfg.method), backbone, self.tasks, device)
+        self.space = label_space(setting_of(cfg), cfg.sequence, self.tasks, [backbone.pooled_size(t) for t in self.tasks],
+                                 self.down_tasks)
+        if self.space is not None and any(t.holdout for t in self.tasks):  # novel splits are scored with their task id
+            raise BenchError(f"holdout (the compositional test) needs the task-incremental setting, not '{setting_of(cfg)}'")
+        self.method = build_method(cfg, METHODS.get(cfg.method), backbone, self.space.views(self.tasks) if self.space else self.tasks,
+                                   device, self.space)
 
         def split(task, p, name):
             return plan_split(backbone, task, p, name, cfg, cache_dir).to(device)
         # as loaded: each downstream method is fresh and attaches its own frozen prefix
         self.data = {name: [split(task, p, name) for task, p in zip(self.tasks, self.plans)] for name in ("train", "val", "test")}
+        self.router = None
+        if self.space is not None:  # labels as indices of the union; test examples routed without their task id
+            self.data = {name: [self.space.remap(s, t) for t, s in enumerate(splits)] for name, splits in self.data.items()}
+            self.router = Router(self.method, self.space, cfg, self.data, cache_dir, device)
         self.down_data = [{name: split(task, p, name) for name in ("train", "val", "test")}
                           for task, p in zip(self.down_tasks, self.down_plans)]
         # beside the matrix: novel-composition splits (bench/novel.py), never-trained probe tasks (bench/probe.py)
@@ -209,13 +221,16 @@ class Run:
         prefix_s = 0.0 if prefix is None or progress["rows"] else sum(prefix.seconds.get(id(s), 0.0) for s in data["train"] + data["val"])
         if compile:
             compile_backbone(method)
-        # a compiled forward runs its ops out of sight of the trace that settles a score
-        scores = SettledScores(method) if reuse_scores and method.isolates_tasks and not compile else None
+        # a compiled forward runs its ops out of sight of the trace that settles a score; in class- and
+        # domain-IL the predictions also read what the trace cannot see (the classes seen, the routing)
+        scores = SettledScores(method) if reuse_scores and method.isolates_tasks and not compile and not self.space else None
         groups = [[t] for t in range(T)] if not method.joint else [list(range(T))]
         if self.probe and not progress.get("probe"):
             progress["probe"] = [self.probe.row(method, None)]  # before the first task: the pretrained backbone
         for group in groups[len(progress["rows"]) if not method.joint else len(progress["rows"]) // T:]:
             t0, i = time.time(), group[-1]
+            if self.space is not None:
+                self.space.through(i, self.device)
             trainable, stage_costs = train_group(method, group, self.plans, data, cfg, prefix, self.reuse_dir)
             train_s = time.time() - t0 + reused_seconds(stage_costs) + prefix_s
             prefix_s = 0.0
@@ -224,7 +239,7 @@ class Run:
             row = [None] * T
             for j in range(i + 1) if method.evaluates_seen_tasks else [i]:
                 args = (j, data["test"][j], cfg.eval_batch_size, cfg.precision)
-                values = scores.examples(*args) if scores else per_example_scores(method, *args)
+                values = scores.examples(*args) if scores else per_example_scores(method, *args, models=self.routed(progress, i, j))
                 row[j] = cell_score(values)
                 state.examples.record(len(progress["rows"]), j, values, data["test"][j].key)
             progress["rows"].append(row)
@@ -262,6 +277,19 @@ class Run:
             out["probe"] = probe_result(progress["probe"], self.probe.tasks, self.probe.kinds)
         return out
 
+    def routed(self, progress: dict, i: int, j: int):
+        """Class- / domain-IL: the task index each of task j's test examples is predicted with after
+        task i (bench/task_id.py), with the predicted task id's accuracy (%) in `progress`."""
+        if self.router is None:
+            return None
+        test = self.data["test"][j]
+        models = self.router.models(i, j, len(test), test.fields["label"].device)
+        if self.router.source == "predicted":
+            rows = progress.setdefault("task_id_accuracy", [])
+            rows += [[None] * len(self.tasks) for _ in range(i + 1 - len(rows))]
+            rows[i][j] = 100.0 * float((models == j).double().mean())
+        return models
+
     def learn_downstream_tasks(self, state: RunState) -> None:
         done = state.progress["downstream"]
         for task, plan, task_data in list(zip(self.down_tasks, self.down_plans, self.down_data))[len(done):]:
@@ -294,9 +322,11 @@ def encode_suite_data(cfgs: list[RunConfig], cache_dir=None, threads: int | None
             plan_split(backbones[cfg.backbone], task, p, name, cfg, cache_dir)
 
 
-def build_method(cfg: RunConfig, method_cls, backbone, tasks, device: str):
+def build_method(cfg: RunConfig, method_cls, backbone, tasks, device: str, space=None):
     torch.manual_seed(task_seed(cfg.seed, -1))  # heads and method modules: seeded per run
     method = method_cls(backbone, tasks, method_cls.HParams(**cfg.hparams))
+    if space is not None:  # class- / domain-IL: one head per input format (bench/settings.py)
+        space.share_heads(method)
     method.setup()
     method.net.to(device)
     return method
@@ -372,6 +402,16 @@ def learn_downstream(run: Run, task, plan, task_data) -> dict:
             "trainable": trainable, "train_s": time.time() - t0 + reused_seconds(stage_costs), "stages": stage_costs}
 
 
+def setting_record(cfg: RunConfig, method, progress: dict) -> dict:
+    """metrics.json's setting; in class- / domain-IL where predictions took the task id from and,
+    where it was predicted, the prediction's accuracy (%) per evaluated cell (i, j)."""
+    setting = setting_of(cfg)
+    if setting == "task":
+        return {"setting": setting}
+    accuracy = {"task_id_accuracy": progress["task_id_accuracy"]} if "task_id_accuracy" in progress else {}
+    return {"setting": setting, "task_id": task_id_source(method), **accuracy}
+
+
 def reference_metrics(cfg: RunConfig, run_dir: Path) -> dict | None:
     """The finished single-task reference of `cfg`, waiting for it while another process trains it
     (executors start the references first, but need not hold every other run back until they end);
@@ -419,6 +459,7 @@ def finish(cfg, run_dir, progress, tasks, method, device, total_s, beside: dict)
     }
     if any(progress.get("diagnostics", {}).values()):
         result["diagnostics"] = progress["diagnostics"]
+    result.update(setting_record(cfg, method, progress))
     if progress.get("downstream"):
         result["downstream"] = downstream_transfer(cfg, run_dir, progress["downstream"])
     write_json(run_dir / "metrics.json", result)

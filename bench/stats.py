@@ -34,6 +34,7 @@ import numpy as np
 
 from bench.errors import BenchError
 from bench.examples import RunExamples
+from bench.settings import labelled
 from bench.store import finished_runs, runs_dir
 
 METRICS = ("final_avg", "forgetting", "transfer_mean")  # the leaderboard's columns (bench/report.py COLUMNS)
@@ -64,7 +65,7 @@ def load_settings(out) -> list[Setting]:
     matrix, or when its test splits differ from the setting's (its examples would not pair)."""
     settings: dict[tuple[str, str], Setting] = {}
     keys: dict[tuple[str, str], list[tuple]] = {}
-    for m in finished_runs(out):
+    for m in map(labelled, finished_runs(out)):
         setting = settings.setdefault((m["sequence"], m["backbone"]), Setting(m["sequence"], m["backbone"], []))
         examples = RunExamples.load(runs_dir(out) / m["run_id"])
         if examples is None or not examples.agrees_with(m["matrix"]):

@@ -13,9 +13,12 @@ class SingleTask(Method):
 
     def setup(self):
         self._pretrained = copy.deepcopy(self.backbone.state_dict())
+        # in class- / domain-IL tasks share a head (bench/settings.py): each task starts it afresh too
+        self._fresh_heads = [copy.deepcopy(h.state_dict()) for h in self.heads]
 
     def begin_task(self, ctx):
         self.backbone.load_state_dict(self._pretrained)
+        self.heads[ctx.task].load_state_dict(self._fresh_heads[ctx.task])
 
     def param_report(self):
         report = super().param_report()

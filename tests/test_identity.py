@@ -105,3 +105,34 @@ def test_the_rerun_flag_reaches_every_run(tmp_path, monkeypatch):
     for extra in ([], ["--rerun"]):
         run_bench.main(["run", "--quick", "--backbone", "toy", "--methods", "frozen", "--out", str(tmp_path)] + extra)
     assert seen == [False, True]
+
+
+TASK_PLUGIN = '''from tasks.digits import DigitsTask
+
+
+class Digits{version}(DigitsTask):
+    """The digits task; a loader edit is simulated by a new class body."""
+'''
+
+
+def test_an_edited_task_module_is_a_new_run(monkeypatch, tmp_path):
+    from bench.config import resolve
+    from bench.registry import METHODS
+    TASKS.names()  # load the registry before adding to it
+    path = tmp_path / "zz_task.py"
+    sequence = tmp_path / "seq.yaml"
+    sequence.write_text("tasks: [zz_digits]\noptions: {steps: 1}\n")
+
+    def run_id(version: str) -> str:
+        path.write_text(TASK_PLUGIN.format(version=version))
+        bench.cache._file_digest.cache_clear()  # a new process reads the edited file afresh
+        spec = importlib.util.spec_from_file_location(f"zz_task_{version}", path)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)
+        spec.loader.exec_module(module)
+        cls = getattr(module, f"Digits{version}")
+        monkeypatch.setitem(TASKS._items, "zz_digits", lambda: cls("zz_digits", "image", [str(k) for k in range(10)]))
+        return resolve("finetune", METHODS.get("finetune"), [], sequence=str(sequence)).run_id
+
+    assert run_id("A") == run_id("A")
+    assert run_id("A") != run_id("B")
