@@ -108,3 +108,14 @@ def test_holdout_and_probe_enter_the_run_id(tmp_path):
     path.write_text(f"base: {tmp_path / 'plain.yaml'}\nprobe: [digits]\n")
     cfg = resolve("finetune", METHODS.get("finetune"), [], sequence=str(path))
     assert cfg.run_id == ids["probe"] and [plan_tasks(cfg, part) for part in TASK_PARTS] == plans["probe"]
+
+
+def test_holdout_needs_the_task_incremental_setting(tmp_path, cache_dir):
+    from bench.config import resolve
+    from bench.registry import METHODS
+    from bench.runner import Run
+    path = tmp_path / "seq.yaml"
+    path.write_text("tasks: [{name: vqa_color, holdout: [circle]}, vqa_shape]\nsetting: class\n")
+    cfg = resolve("finetune", METHODS.get("finetune"), [], sequence=str(path), backbone="toy", quick=True)
+    with pytest.raises(BenchError, match="holdout .* needs the task-incremental setting, not 'class'"):
+        Run(cfg, "cpu", cache_dir, lambda *_: None, cache_prefix=False, reuse_dir=None)
