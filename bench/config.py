@@ -13,7 +13,10 @@ import yaml
 from bench.errors import BenchError, did_you_mean
 
 SEQUENCES_DIR = Path(__file__).resolve().parent.parent / "tasks" / "sequences"
-TASK_OPTIONS = ("steps", "train_cap", "test_cap", "val_size", "shots", "lr")
+TASK_OPTIONS = ("steps", "train_cap", "test_cap", "val_size", "shots", "lr", "holdout")
+# the parts of a sequence file that list tasks: trained in order, each learnt after it (CLiMB
+# phase II), never trained but probed before and after each task (bench/probe.py)
+TASK_PARTS = ("tasks", "downstream", "probe")
 
 
 @dataclass
@@ -68,7 +71,7 @@ class RunConfig:
         from bench.identity import data_fingerprint, method_code, task_code_digest
         from bench.registry import METHODS, TASKS
         from bench.settings import setting_identity
-        plans = [dataclasses.asdict(p) for part in ("tasks", "downstream") for p in plan_tasks(self, part)]
+        plans = [plan_identity(p) for part in TASK_PARTS for p in plan_tasks(self, part)]
         tasks = {p["name"]: TASKS.get(p["name"])() for p in plans}
         data = {name: data_fingerprint(task, self.data_root) for name, task in tasks.items()}
         # a task's code (its loader, the Task split logic) decides which examples a run sees
@@ -88,6 +91,13 @@ class TaskPlan:
     val_size: int
     shots: typing.Optional[float]
     lr: typing.Optional[float]
+    holdout: typing.Optional[list] = None  # concepts held out for the compositional test (bench/novel.py)
+
+
+def plan_identity(plan: TaskPlan) -> dict:
+    """What a plan adds to the run id: an option added after run ids were first issued (`holdout`)
+    enters it only when set, so the runs that predate it keep their ids."""
+    return {k: v for k, v in dataclasses.asdict(plan).items() if not (k == "holdout" and v is None)}
 
 
 def sequence_path(name: str) -> Path:
@@ -99,10 +109,25 @@ def sequence_path(name: str) -> Path:
     return path
 
 
-def load_sequence(name: str) -> dict:
+def load_sequence(name: str, derived: tuple = ()) -> dict:
+    """The sequence file's mapping; with `base: <sequence>`, the base's keys under the file's own
+    (a key given in the file replaces the base's whole)."""
     path = sequence_path(name)
     st = path.stat()  # parsed once per version of the file: run ids and plans read it many times
-    return copy.deepcopy(_parse_sequence(path, st.st_mtime_ns, st.st_size))
+    seq = copy.deepcopy(_parse_sequence(path, st.st_mtime_ns, st.st_size))
+    base = seq.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str) or path in derived:
+            raise BenchError(f"sequence file {path}: 'base' must name another sequence, without a cycle")
+        seq = {**load_sequence(base, derived + (path,)), **seq}
+    if not isinstance(seq.get("tasks"), list) or not seq["tasks"]:
+        raise BenchError(f"malformed sequence file {path}: expected a mapping with a non-empty 'tasks' list")
+    for part in TASK_PARTS[1:]:
+        if not isinstance(seq.get(part, []), list):
+            raise BenchError(f"malformed sequence file {path}: '{part}' must be a list of tasks")
+    if not isinstance(seq.get("methods", []), list) or not all(isinstance(m, str) for m in seq.get("methods", [])):
+        raise BenchError(f"malformed sequence file {path}: 'methods' must be a list of method names")
+    return seq
 
 
 @functools.lru_cache(maxsize=64)
@@ -112,20 +137,18 @@ def _parse_sequence(path: Path, mtime_ns: int, size: int) -> dict:
             seq = yaml.safe_load(f)
     except yaml.YAMLError as e:
         raise BenchError(f"malformed sequence file {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(seq, dict) or not isinstance(seq.get("tasks"), list) or not seq["tasks"]:
+    if not isinstance(seq, dict):
         raise BenchError(f"malformed sequence file {path}: expected a mapping with a non-empty 'tasks' list")
-    if not isinstance(seq.get("methods", []), list) or not all(isinstance(m, str) for m in seq.get("methods", [])):
-        raise BenchError(f"malformed sequence file {path}: 'methods' must be a list of method names")
-    if not isinstance(seq.get("downstream", []), list):
-        raise BenchError(f"malformed sequence file {path}: 'downstream' must be a list of tasks")
     return seq
 
 
 def plan_tasks(cfg: RunConfig, part: str = "tasks") -> list[TaskPlan]:
-    """Per-task options: sequence defaults < per-task entries < --quick < --set. `part` is "tasks"
-    (the upstream sequence) or "downstream" (tasks each learnt after it, from its final model)."""
+    """Per-task options: sequence defaults < per-task entries < --quick < --set. `part` is one of
+    TASK_PARTS: "tasks" (the upstream sequence), "downstream" (tasks each learnt after it, from
+    its final model) or "probe" (never trained; bench/probe.py)."""
     seq = load_sequence(cfg.sequence)
-    defaults = {"steps": 50, "train_cap": None, "test_cap": None, "val_size": 200, "shots": None, "lr": None}
+    defaults = {"steps": 50, "train_cap": None, "test_cap": None, "val_size": 200, "shots": None, "lr": None,
+                "holdout": None}
     defaults.update(seq.get("options", {}))
     plans = []
     for entry in seq.get(part) or []:
@@ -226,9 +249,9 @@ def data_plans(cfgs, backbone: bool = False):
     size, shots and (for low-shot sampling) seed; with `backbone`, once per encoding too."""
     seen = set()
     for cfg in cfgs:
-        for p in plan_tasks(cfg) + plan_tasks(cfg, "downstream"):
+        for p in [p for part in TASK_PARTS for p in plan_tasks(cfg, part)]:
             key = (cfg.backbone if backbone else None, p.name, cfg.data_root, p.train_cap, p.test_cap, p.val_size,
-                   p.shots, cfg.seed if p.shots else None)
+                   p.shots, cfg.seed if p.shots else None, tuple(p.holdout or ()))
             if key not in seen:
                 seen.add(key)
                 yield cfg, p

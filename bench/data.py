@@ -167,7 +167,7 @@ def load_split(backbone, task: Task, split: str, cache_dir: Path | None, *, limi
     the task's files (bench/identity.py), part of the cache key."""
     opts = dict(task=task.name, split=split, limit=limit, val_size=val_size, data_root=data_root,
                 shots=shots, seed=seed if shots is not None else None, enc=backbone.cache_key, code=code_version(task),
-                **({"files": files} if files else {}))
+                **({"files": files} if files else {}), **({"holdout": list(task.holdout)} if task.holdout else {}))
     if cache_dir is None:
         return encode(backbone, task, task.load(split, limit=limit, shots=shots, seed=seed, data_root=data_root,
                                                 val_size=val_size))

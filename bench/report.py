@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench import novel, probe
 from bench.errors import BenchError
 from bench.settings import labelled
 from bench.store import finished_runs, runs_dir, write_text
@@ -56,6 +57,8 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
         transfers = [d["transfer"] for d in down if d.get("transfer") is not None]
         if down:
             row[DOWN_TRANSFER] = float(np.mean(transfers)) if transfers else None
+        for beside in (novel, probe):
+            row.update(beside.report_columns(r))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -67,8 +70,14 @@ def downstream_keys(frame: pd.DataFrame) -> list[str]:
     return keys + ([DOWN_TRANSFER] if keys else [])
 
 
+def beside_columns() -> list[tuple[str, str, str]]:
+    """(key, label, column group) of the scores kept beside the matrix: novel compositions
+    (bench/novel.py) and retention of pretrained ability (bench/probe.py)."""
+    return [(key, label, m.COLUMN_GROUP) for m in (novel, probe) for key, label in m.COLUMNS]
+
+
 def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
-    metrics = [k for k, _, _ in COLUMNS] + downstream_keys(df)
+    metrics = [k for k, _, _ in COLUMNS] + downstream_keys(df) + [k for k, _, _ in beside_columns() if k in df]
     g = df.groupby(["sequence", "backbone", "method"], sort=False)
     table = g[metrics].agg(["mean", "std"])
     table.columns = [f"{a}_{b}" for a, b in table.columns]
@@ -99,7 +108,7 @@ def metric_columns(table: pd.DataFrame) -> list[tuple[str, str, bool, str]]:
     for key in downstream_keys(table):
         label = "DS transfer" if key == DOWN_TRANSFER else f"DS {key[len(DOWN_PREFIX):]}"
         cols.append((key, label, True, "Downstream (CLiMB phase II)"))
-    return cols
+    return cols + [(key, label, True, group) for key, label, group in beside_columns() if f"{key}_mean" in table]
 
 
 def _human(n):

@@ -2,8 +2,9 @@
 `results/pages/`, self-contained (figures inlined as data URIs, styles and the sorting script
 inline; nothing is fetched), so it can be mailed or opened from a laptop. Every table sorts by any
 column (a click sorts best first, a second click reverses; undefined values stay last). Shows the
-leaderboard with its downstream column group (and confidence intervals where the table has
-them, and a note per method whose composition stayed at its initialisation), the figures, each method's score matrix (mean ± std over seeds), and per run its
+leaderboard with its column groups (downstream, novel compositions, retention; confidence
+intervals where the table has them, and a note per method whose composition stayed at its
+initialisation), the figures, each method's score matrix (mean ± std over seeds), and per run its
 provenance, stage costs and log (`log.jsonl` of `--log jsonl`, or the reason it failed)."""
 import base64
 import json

@@ -21,10 +21,12 @@ from bench.errors import BenchError
 from bench.evaluate import SettledScores, per_example_scores, score
 from bench.examples import cell_score
 from bench.identity import data_fingerprint
+from bench.novel import planned_task, result as novel_result, score_row as score_novel_row
+from bench.probe import RetentionProbe, probe_kind, result as probe_result, splits as probe_splits
 from bench.peak_memory import run_peak_mb
 from bench.precision import compile_backbone
 from bench.prefix import FrozenPrefix
-from bench.registry import METHODS, TASKS
+from bench.registry import METHODS
 from bench.run_state import RunState
 from bench.settings import label_space, setting_of
 from bench.store import read_done, remove_partial_files, runs_dir, write_json, write_text
@@ -157,7 +159,8 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
     state.resume(len(run.tasks))
     run.train_sequence(state, reuse_scores, compile)
     run.learn_downstream_tasks(state)
-    result = finish(cfg, run_dir, state.progress, run.tasks, run.method, device, time.time() - started)
+    result = finish(cfg, run_dir, state.progress, run.tasks, run.method, device, time.time() - started,
+                    run.beside_results(state.progress))
     state.finished()
     return ("resumed" if state.resumed else "trained"), result
 
@@ -169,15 +172,18 @@ class Run:
     def __init__(self, cfg: RunConfig, device: str, cache_dir: Path, log, cache_prefix: bool, reuse_dir: Path | None):
         self.cfg, self.device, self.cache_dir, self.log = cfg, device, cache_dir, log
         self.cache_prefix, self.reuse_dir = cache_prefix, reuse_dir
-        self.plans, self.down_plans = plan_tasks(cfg), plan_tasks(cfg, "downstream")
-        self.tasks = [TASKS.get(p.name)() for p in self.plans]
-        self.down_tasks = [TASKS.get(p.name)() for p in self.down_plans]
-        for task in self.tasks + self.down_tasks:
+        self.plans, self.down_plans, probe_plans = plan_tasks(cfg), plan_tasks(cfg, "downstream"), plan_tasks(cfg, "probe")
+        self.tasks = [planned_task(p) for p in self.plans]
+        self.down_tasks = [planned_task(p) for p in self.down_plans]
+        probe_tasks = [planned_task(p) for p in probe_plans]
+        for task in self.tasks + self.down_tasks + probe_tasks:
             task.prepare(cfg.data_root)  # label spaces that live in the files (answer vocabularies, class folders)
         backbone = build_backbone(cfg.backbone)
-        check_modalities(type(backbone), cfg.backbone, self.tasks + self.down_tasks)
+        check_modalities(type(backbone), cfg.backbone, self.tasks + self.down_tasks + probe_tasks)
         self.space = label_space(setting_of(cfg), cfg.sequence, self.tasks, [backbone.pooled_size(t) for t in self.tasks],
                                  self.down_tasks)
+        if self.space is not None and any(t.holdout for t in self.tasks):  # novel splits are scored with their task id
+            raise BenchError(f"holdout (the compositional test) needs the task-incremental setting, not '{setting_of(cfg)}'")
         self.method = build_method(cfg, METHODS.get(cfg.method), backbone, self.space.views(self.tasks) if self.space else self.tasks,
                                    device, self.space)
 
@@ -191,6 +197,11 @@ class Run:
             self.router = Router(self.method, self.space, cfg, self.data, cache_dir, device)
         self.down_data = [{name: split(task, p, name) for name in ("train", "val", "test")}
                           for task, p in zip(self.down_tasks, self.down_plans)]
+        # beside the matrix: novel-composition splits (bench/novel.py), never-trained probe tasks (bench/probe.py)
+        self.novel = {j: split(task, p, "novel") for j, (task, p) in enumerate(zip(self.tasks, self.plans)) if task.holdout}
+        probe_data = [{name: split(task, p, name) for name in probe_splits(probe_kind(backbone, task))}
+                      for task, p in zip(probe_tasks, probe_plans)]
+        self.probe = RetentionProbe(backbone, probe_tasks, probe_data, cfg.eval_batch_size, cfg.precision) if probe_tasks else None
 
     def with_prefix(self, method, data: dict):
         """(method's frozen prefix, `data` starting from it) -- computed once per example and cached
@@ -214,6 +225,8 @@ class Run:
         # domain-IL the predictions also read what the trace cannot see (the classes seen, the routing)
         scores = SettledScores(method) if reuse_scores and method.isolates_tasks and not compile and not self.space else None
         groups = [[t] for t in range(T)] if not method.joint else [list(range(T))]
+        if self.probe and not progress.get("probe"):
+            progress["probe"] = [self.probe.row(method, None)]  # before the first task: the pretrained backbone
         for group in groups[len(progress["rows"]) if not method.joint else len(progress["rows"]) // T:]:
             t0, i = time.time(), group[-1]
             if self.space is not None:
@@ -230,6 +243,7 @@ class Run:
                 row[j] = cell_score(values)
                 state.examples.record(len(progress["rows"]), j, values, data["test"][j].key)
             progress["rows"].append(row)
+            self.score_beside(progress, i, row)
             progress.setdefault("diagnostics", {})[str(i)] = method.diagnostics(i, data["test"][i])
             progress["train_s"] += [train_s / len(group)] * len(group)
             progress["trainable"] += [trainable] * len(group)
@@ -239,6 +253,29 @@ class Run:
                 loggers.active().on_task(i, [t.name for t in tasks], row, train_s)
             self.log(f"[{cfg.run_id}] task {i + 1}/{T} {'+'.join(tasks[t].name for t in group)}: "
                      + " ".join("-" if v is None else f"{v:.1f}" for v in row) + f"  ({train_s:.1f}s)")
+
+    def score_beside(self, progress: dict, i: int, row: list) -> None:
+        """After task i (its row of the matrix is the last): the novel-composition scores of the tasks
+        `row` scored, and the probe tasks' scores; rows a joint method skipped stay None."""
+        n, T = len(progress["rows"]), len(self.tasks)
+        if self.novel:
+            novel = progress.setdefault("novel", [])
+            novel += [[None] * T for _ in range(n - 1 - len(novel))]
+            seen = [j for j, v in enumerate(row) if v is not None]
+            novel.append(score_novel_row(self.method, self.novel, seen, T, self.cfg.eval_batch_size, self.cfg.precision))
+        if self.probe:
+            probe = progress["probe"]
+            probe += [[None] * len(self.probe.tasks) for _ in range(n - len(probe))]
+            probe.append(self.probe.row(self.method, i))
+
+    def beside_results(self, progress: dict) -> dict:
+        """metrics.json's "novel" and "probe" entries, where the sequence has them."""
+        out = {}
+        if self.novel:
+            out["novel"] = novel_result(progress["novel"], progress["rows"], self.tasks, self.novel)
+        if self.probe:
+            out["probe"] = probe_result(progress["probe"], self.probe.tasks, self.probe.kinds)
+        return out
 
     def routed(self, progress: dict, i: int, j: int):
         """Class- / domain-IL: the task index each of task j's test examples is predicted with after
@@ -263,7 +300,7 @@ class Run:
 
 def plan_split(backbone, task, plan, name: str, cfg: RunConfig, cache_dir: Path):
     """Split `name` of a planned task, encoded (from the cache when it is there)."""
-    limit = {"train": plan.train_cap, "test": plan.test_cap, "val": None}[name]
+    limit = {"train": plan.train_cap, "test": plan.test_cap, "novel": plan.test_cap, "val": None}[name]
     return load_split(backbone, task, name, cache_dir, limit=limit, shots=plan.shots if name == "train" else None,
                       seed=cfg.seed, data_root=cfg.data_root, val_size=plan.val_size,
                       files=data_fingerprint(task, cfg.data_root))
@@ -279,9 +316,9 @@ def encode_suite_data(cfgs: list[RunConfig], cache_dir=None, threads: int | None
     for cfg, p in data_plans(cfgs, backbone=True):
         if cfg.backbone not in backbones:
             backbones[cfg.backbone] = build_backbone(cfg.backbone)
-        task = TASKS.get(p.name)()
+        task = planned_task(p)
         task.prepare(cfg.data_root)
-        for name in ("train", "val", "test"):
+        for name in ("train", "val", "test") + (("novel",) if task.holdout else ()):
             plan_split(backbones[cfg.backbone], task, p, name, cfg, cache_dir)
 
 
@@ -407,7 +444,7 @@ def downstream_transfer(cfg: RunConfig, run_dir: Path, downstream: list[dict]) -
     return out
 
 
-def finish(cfg, run_dir, progress, tasks, method, device, total_s) -> dict:
+def finish(cfg, run_dir, progress, tasks, method, device, total_s, beside: dict) -> dict:
     A = progress["rows"]
     chance = [t.chance for t in tasks]
     single = single_task_scores(cfg, run_dir, A)
@@ -418,7 +455,7 @@ def finish(cfg, run_dir, progress, tasks, method, device, total_s) -> dict:
         "single_task": single, "summary": metrics.summary(A, chance, single),
         "params": {"trainable_per_task": progress["trainable"], **method.param_report()},
         "time": {"train_s_per_task": progress["train_s"], "total_s": total_s},
-        "peak_mem_mb": peak, "stages": progress["fit"], "provenance": provenance(cfg, device),
+        "peak_mem_mb": peak, "stages": progress["fit"], "provenance": provenance(cfg, device), **beside,
     }
     if any(progress.get("diagnostics", {}).values()):
         result["diagnostics"] = progress["diagnostics"]

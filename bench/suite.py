@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from bench.config import (TASK_OPTIONS, RunConfig, TaskPlan, _coerce, data_plans, load_sequence, plan_tasks, resolve,
                           validate_set_owners)
 from bench.errors import BenchError
-from bench.registry import BACKBONES, METHODS, TASKS
+from bench.novel import planned_task
+from bench.probe import check_probe_task
+from bench.registry import BACKBONES, METHODS
 from bench.store import check_writable, is_done, runs_dir
 
 MAX_SEED = 2 ** 32 - 1  # numpy's limit, for methods that seed it
@@ -90,7 +92,8 @@ def check_config(cfg: RunConfig) -> list[TaskPlan]:
     task and backbone names, value ranges, and that the backbone encodes every task's modalities."""
     from bench.runner import check_modalities
     plans = plan_tasks(cfg)
-    every = plans + plan_tasks(cfg, "downstream")
+    probes = plan_tasks(cfg, "probe")
+    every = plans + plan_tasks(cfg, "downstream") + probes
     for keys, ok, rule in _RANGES:
         for key in keys:
             for owner in every if key in TASK_OPTIONS else [cfg]:  # --set task options are applied to the plans
@@ -99,7 +102,9 @@ def check_config(cfg: RunConfig) -> list[TaskPlan]:
                     where = f" (task '{owner.name}')" if owner is not cfg else ""
                     raise BenchError(f"bad {key}={value!r}{where}: must be {rule}")
     backbone_cls = BACKBONES.get(cfg.backbone.partition(":")[0])
-    tasks = [TASKS.get(p.name)() for p in every]
+    tasks = [planned_task(p) for p in every]  # with their holdouts, checked
+    for task in tasks[len(every) - len(probes):]:
+        check_probe_task(task)
     if isinstance(backbone_cls, type):
         check_modalities(backbone_cls, cfg.backbone, tasks)
     return plans
@@ -110,8 +115,9 @@ def check_data(waves: list[list[RunConfig]]) -> None:
     data_root, a malformed annotation file or an empty split is one error before anything runs,
     not the same failure in every run."""
     for cfg, p in data_plans(c for wave in waves for c in wave):
-        task = TASKS.get(p.name)()
-        for split, limit in (("train", p.train_cap), ("val", None), ("test", p.test_cap)):
+        task = planned_task(p)
+        novel = (("novel", p.test_cap),) if task.holdout else ()
+        for split, limit in (("train", p.train_cap), ("val", None), ("test", p.test_cap)) + novel:
             examples = task.load(split, limit=limit, shots=p.shots if split == "train" else None, seed=cfg.seed,
                                  data_root=cfg.data_root, val_size=p.val_size)
             if not examples:

@@ -24,6 +24,11 @@ class Task:
     metric: str = "accuracy"  # "accuracy" or "vqa_score"
     chance: float = field(default=None)  # % ; defaults to uniform guessing
     choices: int = 0  # multiple choice: text is a list of `choices` strings, label the right index
+    # Compositional test (VQACL, bench/novel.py): the concepts an example may be about (its
+    # "concept" key: for a colour question, the shape it asks about), and those held out: their
+    # examples are in no split but "novel" (from the official test data).
+    concepts: list[str] = field(default_factory=list)
+    holdout: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -46,18 +51,24 @@ class Task:
 
     def load(self, split: str, limit: int | None = None, shots: int | float | None = None,
              seed: int = 0, data_root: str | None = None, val_size: int = 200) -> list[dict]:
-        """Examples of `split` ("train", "val" or "test").
+        """Examples of `split` ("train", "val", "test", or "novel" with a holdout).
 
         "val" is carved from the official training data with a fixed shuffle, disjoint from
         "train", so model selection never sees the reported test split. `shots` keeps a
-        fraction (< 1) of the training data or k examples per class (>= 1), seeded.
+        fraction (< 1) of the training data or k examples per class (>= 1), seeded. With a
+        `holdout`, "novel" is the official test examples about the held-out concepts, the other
+        splits hold none of them, and an example whose concept is unknown is in no split (it
+        might be about a held-out one).
         """
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split must be train/val/test, got {split!r}")
-        if split == "test":
+        if split not in ("train", "val", "test", "novel") or (split == "novel" and not self.holdout):
+            raise ValueError(f"split must be train/val/test (or novel with a holdout), got {split!r}")
+        if split in ("test", "novel"):
             data = list(self.examples("test", data_root))
         else:
             data = list(self.examples("train", data_root))
+        if self.holdout:
+            data = [ex for ex in data if ex.get("concept") is not None and (ex["concept"] in self.holdout) == (split == "novel")]
+        if split in ("train", "val"):
             random.Random(f"val-split-{self.name}").shuffle(data)
             n_val = min(val_size, len(data) // 5)
             data = data[:n_val] if split == "val" else data[n_val:]

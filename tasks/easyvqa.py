@@ -22,14 +22,38 @@ def _questions(split: str):
     return list(zip(texts, answers, image_ids)), paths
 
 
+@lru_cache(maxsize=2)
+def image_facts(split: str) -> dict[int, set[str]]:
+    """The colour and shape words each image's questions reveal (easy-VQA ships no image
+    annotations): an answer, a word a wh-question mentions ("what color is the circle?"), or the
+    word of a yes/no question that asserts it (answer yes, or no to a negated question). Each
+    image has one shape of one colour; some images' questions reveal only one of the two."""
+    facts: dict[int, set[str]] = {}
+    for q, a, im in _questions(split)[0]:
+        tokens = re.findall(r"[a-z]+", q)
+        words = {w for w in tokens if w in COLORS or w in SHAPES}
+        asserted = a not in ("yes", "no") or (a == "yes") != ("not" in tokens or "no" in tokens)
+        facts.setdefault(im, set()).update(({a} if a not in ("yes", "no") else set()) | (words if asserted else set()))
+    return facts
+
+
 class EasyVQATask(Task):
-    """Questions whose answer lies in `labels`; image + question -> answer."""
+    """Questions whose answer lies in `labels`; image + question -> answer. With `concepts` (the
+    other attribute: shapes for colour questions), each example carries its image's one as its
+    "concept" (None where no question of the image reveals it), for the compositional test."""
 
     def examples(self, split, data_root=None):
         questions, paths = _questions(split)
         index = {a: k for k, a in enumerate(self.labels)}
-        return [{"images": [paths[im]], "image_ids": [f"easyvqa/{split}/{im}"], "text": q, "label": index[a]}
-                for q, a, im in questions if a in index]
+        facts = image_facts(split) if self.concepts else {}
+        out = []
+        for q, a, im in questions:
+            if a in index:
+                ex = {"images": [paths[im]], "image_ids": [f"easyvqa/{split}/{im}"], "text": q, "label": index[a]}
+                if self.concepts:
+                    ex["concept"] = next((c for c in self.concepts if c in facts[im]), None)
+                out.append(ex)
+        return out
 
 
 class EasyVQAMentionTask(Task):
@@ -64,8 +88,8 @@ class EasyVQANegationTask(Task):
         return out
 
 
-TASKS.register("vqa_color")(lambda: EasyVQATask("vqa_color", "vl", COLORS))
-TASKS.register("vqa_shape")(lambda: EasyVQATask("vqa_shape", "vl", SHAPES))
+TASKS.register("vqa_color")(lambda: EasyVQATask("vqa_color", "vl", COLORS, concepts=SHAPES))
+TASKS.register("vqa_shape")(lambda: EasyVQATask("vqa_shape", "vl", SHAPES, concepts=COLORS))
 TASKS.register("vqa_yesno")(lambda: EasyVQATask("vqa_yesno", "vl", ["yes", "no"]))
 TASKS.register("text_mention")(lambda: EasyVQAMentionTask("text_mention", "text", COLORS + SHAPES, n_images=0))
 TASKS.register("text_negation")(lambda: EasyVQANegationTask(
