@@ -6,6 +6,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 SEEDS ?= 0 1 2
 METHODS ?= default
+SEQUENCE ?= default
 
 .PHONY: venv leaderboard test quick clean
 
@@ -24,7 +25,7 @@ $(BIN)/.test-installed: $(BIN)/.installed requirements-loggers.txt
 venv: $(BIN)/.installed
 
 leaderboard: venv
-	$(BIN)/python run_bench.py run --methods $(METHODS) --seeds $(SEEDS) --out results
+	$(BIN)/python run_bench.py run --sequence $(SEQUENCE) --methods $(METHODS) --seeds $(SEEDS) --out results
 
 quick: venv
 	$(BIN)/python run_bench.py run --quick --methods finetune adapter --out results/quick
