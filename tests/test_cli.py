@@ -11,6 +11,12 @@ METRICS_KEYS = {"run_id", "method", "sequence", "backbone", "seed", "tasks", "ma
                 "summary", "params", "time", "peak_mem_mb", "provenance"}
 
 
+# `make quick`'s command, on a smaller budget: nothing asserted below depends on the steps or the
+# number of examples, and training the default backbone is most of this test's time
+QUICK_RUN = ("run", "--quick", "--methods", "finetune", "adapter",
+             "--set", "steps=2", "--set", "train_cap=48", "--set", "test_cap=32", "--set", "val_size=16")
+
+
 def cli(*args, timeout=600):
     return subprocess.run([sys.executable, str(ROOT / "run_bench.py"), *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
@@ -18,7 +24,7 @@ def cli(*args, timeout=600):
 
 def test_quick_run_writes_leaderboard_figures_and_metrics(tmp_path):
     out = tmp_path / "results"
-    proc = cli("run", "--quick", "--methods", "finetune", "adapter", "--out", out)
+    proc = cli(*QUICK_RUN, "--out", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "leaderboard:" in proc.stdout
     for ext in ("csv", "md", "tex"):
@@ -36,7 +42,7 @@ def test_quick_run_writes_leaderboard_figures_and_metrics(tmp_path):
         assert len(r["matrix"]) == len(r["tasks"]) == len(r["chance"])
         assert r["single_task"] is not None and all(v is not None for v in r["single_task"])
     # the same command again recomputes nothing
-    again = cli("run", "--quick", "--methods", "finetune", "adapter", "--out", out)
+    again = cli(*QUICK_RUN, "--out", out)
     assert again.returncode == 0 and "task 1/" not in again.stdout + again.stderr
 
 
