@@ -47,6 +47,15 @@ if "toy" not in BACKBONES:
     BACKBONES.register("toy")(ToyBackbone)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test starts on one torch thread, as this module sets it. A suite run in-process with
+    several workers encodes its data on every core first (bench/runner.py encode_suite_data) and
+    leaves torch there: every later in-process test then ran two threads for these tiny models,
+    which cost several times the CPU on a 2-core machine whose other core runs something else."""
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     """One encoded-data cache for the whole session (encoding is the slow part)."""
