@@ -41,6 +41,7 @@ class RunConfig:
     val_checks: int = 2                      # validation passes per task for model selection
     shots: typing.Optional[float] = None     # low-shot: fraction (<1) or k per class (>=1)
     data_root: typing.Optional[str] = None
+    skip_bad_images: bool = False            # drop the examples of images that cannot be decoded (counted) instead of stopping
     hparams: dict = field(default_factory=dict)  # the method's dataclass, resolved
 
     def identity(self) -> dict:

@@ -83,7 +83,7 @@ def stream_ratio(data: Path, sequence: Path, cache: Path, wl) -> tuple[float, fl
     model = build_method(cfg, METHODS.get("finetune"), backbone, [task], wl.device)
     streamed = plan_split(backbone, task, plan, "train", cfg, cache).to(wl.device)
     in_memory = dataclasses.replace(streamed, fields={k: v.clone() for k, v in streamed.fields.items()},
-                                    images=streamed.images.clone())
+                                    images=streamed.images[torch.arange(len(streamed.images))])
     steps = 4 * STEPS
     best = {"streamed": math.inf, "in memory": math.inf}
     for _ in range(wl.repeats):

@@ -154,7 +154,7 @@ def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
     state.resume(len(run.tasks))
     run.train_sequence(state, reuse_scores, compile)
     run.learn_downstream_tasks(state)
-    result = finish(cfg, run_dir, state.progress, run.tasks, run.method, device, time.time() - started)
+    result = finish(cfg, run_dir, state.progress, run.tasks, run.method, device, time.time() - started, run.skipped)
     state.finished()
     return ("resumed" if state.resumed else "trained"), result
 
@@ -181,6 +181,19 @@ class Run:
         self.data = {name: [split(task, p, name) for task, p in zip(self.tasks, self.plans)] for name in ("train", "val", "test")}
         self.down_data = [{name: split(task, p, name) for name in ("train", "val", "test")}
                           for task, p in zip(self.down_tasks, self.down_plans)]
+        self.skipped = self.skipped_images() if cfg.skip_bad_images else None
+
+    def skipped_images(self) -> dict:
+        """{task: {split: {"images", "examples"[, "first"]}}}: what skip_bad_images dropped, logged."""
+        per_task = [{name: self.data[name][k] for name in self.data} for k in range(len(self.tasks))] + self.down_data
+        out = {}
+        for task, splits in zip(self.tasks + self.down_tasks, per_task):
+            out[task.name] = {name: split.skipped or {"images": 0, "examples": 0} for name, split in splits.items()}
+            for name, s in out[task.name].items():
+                if s["images"]:
+                    self.log(f"[{self.cfg.run_id}] {task.name} {name}: skipped {s['images']} unreadable images and "
+                             f"their {s['examples']} examples (first: {s['first']})")
+        return out
 
     def with_prefix(self, method, data: dict):
         """(method's frozen prefix, `data` starting from it) -- computed once per example and cached
@@ -240,7 +253,7 @@ def plan_split(backbone, task, plan, name: str, cfg: RunConfig, cache_dir: Path)
     limit = {"train": plan.train_cap, "test": plan.test_cap, "val": None}[name]
     return load_split(backbone, task, name, cache_dir, limit=limit, shots=plan.shots if name == "train" else None,
                       seed=cfg.seed, data_root=cfg.data_root, val_size=plan.val_size,
-                      files=data_fingerprint(task, cfg.data_root))
+                      files=data_fingerprint(task, cfg.data_root), skip_bad=cfg.skip_bad_images)
 
 
 def encode_suite_data(cfgs: list[RunConfig], cache_dir=None, threads: int | None = None) -> None:
@@ -369,7 +382,7 @@ def downstream_transfer(cfg: RunConfig, run_dir: Path, downstream: list[dict]) -
     return out
 
 
-def finish(cfg, run_dir, progress, tasks, method, device, total_s) -> dict:
+def finish(cfg, run_dir, progress, tasks, method, device, total_s, skipped: dict | None = None) -> dict:
     A = progress["rows"]
     chance = [t.chance for t in tasks]
     single = single_task_scores(cfg, run_dir, A)
@@ -382,6 +395,8 @@ def finish(cfg, run_dir, progress, tasks, method, device, total_s) -> dict:
         "time": {"train_s_per_task": progress["train_s"], "total_s": total_s},
         "peak_mem_mb": peak, "stages": progress["fit"], "provenance": provenance(cfg, device),
     }
+    if skipped is not None:
+        result["skipped_images"] = skipped
     if any(progress.get("diagnostics", {}).values()):
         result["diagnostics"] = progress["diagnostics"]
     if progress.get("downstream"):

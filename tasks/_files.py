@@ -10,10 +10,13 @@ import pickle
 import re
 from pathlib import Path
 
+from bench.columns import Examples
 from bench.errors import BenchError
 from bench.task import Task
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+PARSED: dict = {}  # (task, split, files ...) -> Examples, the splits this process has read, oldest first
+PARSED_KEPT = 8
 
 
 class FileTask(Task):
@@ -62,11 +65,20 @@ class FileTask(Task):
         self.chance = 100.0 / len(self.labels) if chance is None else chance
 
     def examples(self, split, data_root):
+        """The split's examples as columns (bench/columns.py), read from the files once per process
+        and version of them (a fresh run reads the training files for its train and val splits)."""
+        from bench.identity import data_fingerprint
         if not self.labels:
             self.prepare(data_root)
-        return self.read(split, self.folder(data_root))
+        key = (type(self), self.name, tuple(self.labels), split, str(data_root), data_fingerprint(self, data_root))
+        if key not in PARSED:
+            while len(PARSED) >= PARSED_KEPT:
+                PARSED.pop(next(iter(PARSED)))
+            PARSED[key] = Examples.of(self.read(split, self.folder(data_root)))
+        return PARSED[key]
 
-    def read(self, split: str, folder: Path) -> list[dict]:
+    def read(self, split: str, folder: Path):
+        """The split's examples (dicts), a list or one by one."""
         raise NotImplementedError
 
     # -- readers whose errors name the file and the first bad line -------------------------

@@ -80,7 +80,6 @@ class VQAv2(FileTask):
                                                                     self.field(q, "image_id", where, int))
         images = coco_images(self, folder.parent)
         index = {a: k for k, a in enumerate(self.labels)}
-        out = []
         for where, ann in self._annotations(apath):
             qid = self.field(ann, "question_id", where, int)
             if qid not in questions:
@@ -94,8 +93,7 @@ class VQAv2(FileTask):
                      for j, a in enumerate(self.field(ann, "answers", where, list))]
             counts = Counter(given)
             label = {index[a]: vqa_soft_score(c, len(given)) for a, c in counts.items() if a in index}
-            out.append({"images": [images[image_id]], "text": question, "label": label})
-        return out
+            yield {"images": [images[image_id]], "text": question, "label": label}
 
 
 COCO_DIRS = ("ms-coco", "coco", "mscoco", "COCO")
@@ -126,7 +124,6 @@ class NLVR2(FileTask):
         path = self.first(folder, f"data/{tag}.json", f"{tag}.json")
         image_dir = next((d for d in (folder / "images" / tag, folder / tag) if d.is_dir()), folder / "images" / tag)
         images = scan_images(image_dir, recursive=True)  # the official train zip has 100 numbered sub-folders
-        out = []
         for n, rec in self.jsonl(path):
             where = f"{path} line {n}"
             identifier = self.field(rec, "identifier", where, str)
@@ -140,8 +137,7 @@ class NLVR2(FileTask):
                 if name not in images:
                     raise self.error(f"{where}: image {name} not found under {image_dir}")
                 pair.append(images[name])
-            out.append({"images": pair, "text": self.field(rec, "sentence", where, str), "label": self.labels.index(label)})
-        return out
+            yield {"images": pair, "text": self.field(rec, "sentence", where, str), "label": self.labels.index(label)}
 
 
 FLICKR_IMAGE_DIRS = ("flickr30k/flickr30k_images", "flickr30k/flickr30k-images", "flickr30k_images", "flickr30k-images",
@@ -159,7 +155,6 @@ class SNLIVE(FileTask):
         tag = "train" if split == "train" else TEST_SPLIT["snli_ve"]
         path = self.first(folder, f"snli_ve_{tag}.jsonl", f"data/snli_ve_{tag}.jsonl")
         images = images_by_number(*(folder.parent / d for d in FLICKR_IMAGE_DIRS))
-        out = []
         for n, rec in self.jsonl(path):
             where = f"{path} line {n}"
             raw_id = self.field(rec, "Flickr30K_ID", where, (str, int))
@@ -168,9 +163,8 @@ class SNLIVE(FileTask):
             gold = self.field(rec, "gold_label", where, str)
             if gold not in self.labels:
                 raise self.error(f"{where}: gold_label '{gold}' is not one of {', '.join(self.labels)}")
-            out.append({"images": [images[int(raw_id)]], "text": self.field(rec, "sentence2", where, str),
-                        "label": self.labels.index(gold)})
-        return out
+            yield {"images": [images[int(raw_id)]], "text": self.field(rec, "sentence2", where, str),
+                   "label": self.labels.index(gold)}
 
 
 def vcr_text(tokens: list, objects: list[str]) -> str:
@@ -199,7 +193,6 @@ class VCR(FileTask):
         path = self.first(folder, f"annotation/{tag}.jsonl", f"vcr1annots/{tag}.jsonl", f"{tag}.jsonl")
         drawn_dir = folder / "drawn_images" / "bbox" / tag / "answer"  # CLiMB: boxes drawn on the images
         drawn = scan_images(drawn_dir)
-        out = []
         for n, rec in self.jsonl(path):
             where = f"{path} line {n}"
             objects = self.field(rec, "objects", where, list)
@@ -219,8 +212,7 @@ class VCR(FileTask):
                 texts = [f"{question} [SEP] {vcr_text(a, objects)}" for a in answers]
             except (IndexError, TypeError):
                 raise self.error(f"{where}: an object reference is not an index into 'objects'") from None
-            out.append({"images": [image], "text": texts, "label": label})
-        return out
+            yield {"images": [image], "text": texts, "label": label}
 
 
 TASKS.register("vqav2")(lambda: VQAv2("vqav2", "vl", [], loss="soft_bce", metric="vqa_score", chance=0.0))

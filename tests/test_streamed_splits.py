@@ -27,8 +27,10 @@ def test_a_cached_split_is_memory_mapped_not_loaded(tmp_path):
     split = load_split(backbone, task, "train", tmp_path, data_root=str(CLIMB), val_size=8)  # reads
     directory = next((tmp_path / "splits").rglob("split.json")).parent
     maps = mapped_files()
-    for name in [*split.fields, "images"]:
+    for name in split.fields:
         assert str(directory / f"{name}.npy") in maps, name
+    for shard in split.images.shards:  # the images: the image store's own shards
+        assert str(split.images.directory / shard) in maps, shard
     assert split.to("cpu").images is split.images  # moving a split moves nothing; its batches go
 
 
@@ -51,4 +53,21 @@ def test_a_leftover_partial_split_directory_is_never_read(tmp_path):
     directory = next((tmp_path / "splits").rglob("split.json")).parent
     (directory / "split.json").unlink()  # as if the writer died before its last file
     again = load_split(backbone, task, "test", tmp_path, limit=20)
-    assert torch.equal(again.images, good.images) and (directory / "split.json").exists()
+    every = torch.arange(len(good.images))
+    assert torch.equal(again.images[every], good.images[every]) and (directory / "split.json").exists()
+
+
+def test_a_split_holds_no_copy_of_its_images_encodings(tmp_path):
+    """Each image's encoding is on disk once, in the image store: the split's directory holds where
+    its rows are, fewer bytes than the encodings themselves, and gathers exactly the encoder's
+    output (oracle: the split encoded without a cache), for any index shape."""
+    backbone, task = ToyBackbone(), TASKS.get("digits")()
+    split = load_split(backbone, task, "test", tmp_path, limit=40)
+    fresh = load_split(backbone, task, "test", None, limit=40)
+    directory = next((tmp_path / "splits").rglob("split.json")).parent
+    encodings = fresh.images.numel() * fresh.images.element_size()
+    assert sum(p.stat().st_size for p in directory.iterdir()) < encodings / 4
+    index = torch.tensor([[3, 0], [len(fresh.images) - 1, 3]])
+    assert torch.equal(split.images[index], fresh.images[index])
+    batch, expected = split.batch(torch.tensor([7, 2, 2])), fresh.batch(torch.tensor([7, 2, 2]))
+    assert batch.keys() == expected.keys() and all(torch.equal(batch[k], expected[k]) for k in batch)
