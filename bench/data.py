@@ -49,9 +49,10 @@ class EncodedSplit:
         if "image_index" in out:
             out["image_feats"] = self.images[out.pop("image_index")]
         if self.device is not None and self.device.type != "cpu":
-            # host fields pinned and copied without a sync; fields already there (a frozen prefix's
-            # states computed on the device) stay
-            out = {k: v.pin_memory().to(self.device, non_blocking=True) if v.device.type == "cpu" else v
+            # host fields pinned (CUDA) and copied without a sync; fields already there (a frozen
+            # prefix's states computed on the device) stay
+            pin = self.device.type == "cuda"
+            out = {k: (v.pin_memory() if pin else v).to(self.device, non_blocking=True) if v.device.type == "cpu" else v
                    for k, v in out.items()}
         if self.n_classes is not None:
             classes, scores = out.pop("label_classes"), out["label"]

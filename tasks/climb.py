@@ -61,26 +61,21 @@ class VQAv2(FileTask):
         counts = Counter()
         for tag in ("train", "val"):
             path = self.first(folder, f"v2_mscoco_{tag}2014_annotations.json")
-            for where, ann in self._annotations(path):
+            for where, ann in self.json_list(path, "annotations"):
                 counts[self.field(ann, "multiple_choice_answer", where, str)] += 1
         return [a for a, c in counts.items() if c >= MIN_ANSWER_COUNT]
-
-    def _annotations(self, path: Path):
-        anns = self.field(self.read_json(path), "annotations", str(path), list)
-        return ((f"{path} annotations[{k}]", a) for k, a in enumerate(anns))
 
     def read(self, split, folder):
         tag = "train" if split == "train" else TEST_SPLIT["vqav2"]
         qpath = self.first(folder, f"v2_OpenEnded_mscoco_{tag}2014_questions.json")
         apath = self.first(folder, f"v2_mscoco_{tag}2014_annotations.json")
         questions = {}
-        for k, q in enumerate(self.field(self.read_json(qpath), "questions", str(qpath), list)):
-            where = f"{qpath} questions[{k}]"
+        for where, q in self.json_list(qpath, "questions"):
             questions[self.field(q, "question_id", where, int)] = (self.field(q, "question", where, str),
                                                                     self.field(q, "image_id", where, int))
         images = coco_images(self, folder.parent)
         index = {a: k for k, a in enumerate(self.labels)}
-        for where, ann in self._annotations(apath):
+        for where, ann in self.json_list(apath, "annotations"):
             qid = self.field(ann, "question_id", where, int)
             if qid not in questions:
                 raise self.error(f"{where}: question_id {qid} is not in {qpath.name}")

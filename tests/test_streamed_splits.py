@@ -4,9 +4,12 @@ from pathlib import Path
 
 import torch
 
+from bench.config import resolve
 from bench.data import load_split, soft_targets
-from bench.registry import TASKS
+from bench.registry import METHODS, TASKS
+from bench.runner import Run
 from conftest import ToyBackbone
+from tiny_models import tiny  # noqa: F401  (session fixture)
 
 CLIMB = Path(__file__).parent / "fixtures" / "climb"
 
@@ -71,3 +74,20 @@ def test_a_split_holds_no_copy_of_its_images_encodings(tmp_path):
     assert torch.equal(split.images[index], fresh.images[index])
     batch, expected = split.batch(torch.tensor([7, 2, 2])), fresh.batch(torch.tensor([7, 2, 2]))
     assert batch.keys() == expected.keys() and all(torch.equal(batch[k], expected[k]) for k in batch)
+
+
+def test_a_run_sends_batches_to_its_device_never_a_split(tmp_path, tiny):  # noqa: F811
+    """Every split a run reads (tiny ViLT, pixels, on the CLiMB fixtures) stays on the host; what
+    goes to the run's device is one batch at a time. The device is `meta` here (no GPU needed):
+    tensors moved there keep their shape and lose their values, which is all this checks."""
+    cfg = resolve("finetune", METHODS.get("finetune"), [("data_root", str(CLIMB))], sequence="climb",
+                  backbone=tiny["vilt"], quick=True)
+    run = Run(cfg, "meta", tmp_path, lambda *_: None, True, None)
+    splits = [s for name in run.data for s in run.data[name]]
+    assert all(x.device.type == "cpu" for s in splits for x in s.tensors())
+    for s in splits:
+        assert len(s) > 2
+        for size in (2, cfg.batch_size):
+            sent = [v for b in s.batches(size) for v in b.values()]
+            assert all(v.device.type == "meta" for v in sent)
+            assert max(len(v) for v in sent) == min(size, len(s))  # a batch, never more
