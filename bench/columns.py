@@ -2,7 +2,7 @@
 443,757 training questions): as a list of dicts each example costs a dict, a list of images and a
 dict of soft scores (about 1 KB in Python objects); here an image path is stored once in a table,
 each example holds the table rows of its images (int32), its text, and its label as an int64 or a
-sparse soft label in CSR form (class indices int32, scores float32). Indexing gives the example's
+sparse soft label in CSR form (class indices int32, scores float64: the loader's values exactly). Indexing gives the example's
 dict back, built on demand, so code that reads examples as dicts reads these unchanged."""
 from collections.abc import Sequence
 
@@ -28,7 +28,7 @@ class Examples(Sequence):
         if len({len(ims) for ims in images}) <= 1 and all(isinstance(p, str) for ims in images for p in ims):
             rows_of = [[table.setdefault(p, len(table)) for p in ims] for ims in images]
             c["image_table"] = list(table)
-            c["image_rows"] = np.array(rows_of, dtype=np.int32).reshape(len(images), -1)
+            c["image_rows"] = np.array(rows_of, dtype=np.int32).reshape(len(images), len(images[0]) if images else 0)
         else:
             c["images"] = images
         if labels and all(type(lab) is int for lab in labels):
@@ -36,7 +36,7 @@ class Examples(Sequence):
         elif labels and all(isinstance(lab, dict) for lab in labels):
             c["label_ptr"] = np.cumsum([0] + [len(lab) for lab in labels], dtype=np.int64)
             c["label_class"] = np.array([k for lab in labels for k in lab], dtype=np.int32)
-            c["label_score"] = np.array([v for lab in labels for v in lab.values()], dtype=np.float32)
+            c["label_score"] = np.array([v for lab in labels for v in lab.values()], dtype=np.float64)
         else:
             c["labels"] = labels
         if any(ids is not None for ids in image_ids):
@@ -61,6 +61,12 @@ class Examples(Sequence):
         if "image_ids" in c and c["image_ids"][i] is not None:
             ex["image_ids"] = c["image_ids"][i]
         return ex
+
+    def __eq__(self, other) -> bool:  # equal to the same examples in any sequence (a list of dicts)
+        return (isinstance(other, Sequence) and not isinstance(other, str) and len(self) == len(other)
+                and all(a == b for a, b in zip(self, other)))
+
+    __hash__ = None
 
     def _label(self, i: int):
         c = self.c

@@ -123,7 +123,7 @@ def drop_unreadable(task: Task, fields: dict, keys: list[str], bad: dict) -> tup
                          f"(first: {next(iter(bad.values()))})")
     fields = {k: v[keep] for k, v in fields.items()}
     fields["image_index"] = (readable.cumsum(0) - 1)[fields["image_index"]]
-    skipped = {"images": len(bad), "examples": int((~keep).sum()), "first": next(iter(bad.values()), None)}
+    skipped = {"images": len(bad), "examples": int((~keep).sum()), **({"first": next(iter(bad.values()))} if bad else {})}
     return fields, skipped
 
 

@@ -70,11 +70,12 @@ class FileTask(Task):
         from bench.identity import data_fingerprint
         if not self.labels:
             self.prepare(data_root)
-        key = (type(self), self.name, tuple(self.labels), split, str(data_root), data_fingerprint(self, data_root))
+        folder = self.folder(data_root)
+        key = (type(self), self.name, tuple(self.labels), split, str(folder), data_fingerprint(self, data_root))
         if key not in PARSED:
             while len(PARSED) >= PARSED_KEPT:
                 PARSED.pop(next(iter(PARSED)))
-            PARSED[key] = Examples.of(self.read(split, self.folder(data_root)))
+            PARSED[key] = Examples.of(self.read(split, folder))
         return PARSED[key]
 
     def read(self, split: str, folder: Path):

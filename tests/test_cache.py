@@ -26,6 +26,12 @@ def encoded(monkeypatch):
     return calls
 
 
+def stored(store, keys, images, encode):
+    """The store's features of `images` (encoded when missing), gathered from its rows."""
+    rows, _ = store.rows(keys, images, encode)
+    return rows[torch.arange(len(rows))]
+
+
 def keys(task, limit):
     return {image_key(im, i) for ex in task.load("test", limit=limit) for im, i in zip(ex["images"], ex["image_ids"])}
 
@@ -94,21 +100,21 @@ def test_a_killed_encode_resumes_after_its_last_finished_chunk(tmp_path, monkeyp
         return torch.tensor(ims, dtype=torch.float32)[:, None]
     keys, images = [f"id:{i}" for i in range(30)], list(range(30))
     with pytest.raises(KeyboardInterrupt):
-        store.features(keys, images, dies_on_third_chunk)
+        stored(store, keys, images, dies_on_third_chunk)
     assert len(list(store.dir.glob("*.pt"))) == 2 and not list(store.dir.glob(".*.tmp"))
     calls.clear()
     fresh = ImageFeatureStore(tmp_path, "enc")
-    out = fresh.features(keys, images, lambda ims: calls.append(len(ims)) or torch.tensor(ims, dtype=torch.float32)[:, None])
+    out = stored(fresh, keys, images, lambda ims: calls.append(len(ims)) or torch.tensor(ims, dtype=torch.float32)[:, None])
     assert calls == [8, 6] and out[:, 0].tolist() == images  # the two finished chunks were kept
 
 
 def test_stores_writing_one_encoding_keep_each_others_entries(tmp_path):
-    ImageFeatureStore(tmp_path, "enc").features(["id:a"], [0], lambda ims: torch.ones(len(ims), 3))
-    ImageFeatureStore(tmp_path, "enc").features(["id:b"], [0], lambda ims: torch.zeros(len(ims), 3))
+    stored(ImageFeatureStore(tmp_path, "enc"), ["id:a"], [0], lambda ims: torch.ones(len(ims), 3))
+    stored(ImageFeatureStore(tmp_path, "enc"), ["id:b"], [0], lambda ims: torch.zeros(len(ims), 3))
 
     def fail(ims):
         raise AssertionError("should come from disk")
-    both = ImageFeatureStore(tmp_path, "enc").features(["id:a", "id:b"], [0, 0], fail)
+    both = stored(ImageFeatureStore(tmp_path, "enc"), ["id:a", "id:b"], [0, 0], fail)
     assert both.tolist() == [[1.0] * 3, [0.0] * 3]
 
 
