@@ -136,12 +136,12 @@ class ImageRows:
             return self.feats[int(self.shard_of[index])][int(self.row_of[index])]
         index = torch.as_tensor(index)
         flat = index.reshape(-1)
-        shard, row = self.shard_of[flat], self.row_of[flat]
         first = self.feats[0]
         out = torch.empty((len(flat), *first.shape[1:]), dtype=first.dtype)
-        for s in shard.unique().tolist():  # a batch touches a few shards: one gather per shard
-            take = (shard == s).nonzero()[:, 0]
-            out[take] = self.feats[s][row[take]]
+        # row by row: a plain copy per row is several times faster than torch's advanced indexing
+        # of large uint8 rows (measured: 0.4 vs 2-10 ms per 1.48 MB ViLT canvas)
+        for k, (s, r) in enumerate(zip(self.shard_of[flat].tolist(), self.row_of[flat].tolist())):
+            out[k].copy_(self.feats[s][r])
         return out.view(*index.shape, *first.shape[1:])
 
     def tensors(self) -> list[torch.Tensor]:
