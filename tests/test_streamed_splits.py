@@ -60,17 +60,19 @@ def test_a_leftover_partial_split_directory_is_never_read(tmp_path):
     assert torch.equal(again.images[every], good.images[every]) and (directory / "split.json").exists()
 
 
-def test_a_split_holds_no_copy_of_its_images_encodings(tmp_path):
+def test_a_split_holds_no_copy_of_its_images_encodings(tmp_path, monkeypatch):
     """Each image's encoding is on disk once, in the image store: the split's directory holds where
     its rows are, fewer bytes than the encodings themselves, and gathers exactly the encoder's
-    output (oracle: the split encoded without a cache), for any index shape."""
+    output (oracle: the split encoded without a cache), for any index shape, across shards."""
+    monkeypatch.setattr("bench.cache.IMAGE_CHUNK", 16)  # 40 images: three shards
     backbone, task = ToyBackbone(), TASKS.get("digits")()
     split = load_split(backbone, task, "test", tmp_path, limit=40)
     fresh = load_split(backbone, task, "test", None, limit=40)
     directory = next((tmp_path / "splits").rglob("split.json")).parent
     encodings = fresh.images.numel() * fresh.images.element_size()
     assert sum(p.stat().st_size for p in directory.iterdir()) < encodings / 4
-    index = torch.tensor([[3, 0], [len(fresh.images) - 1, 3]])
+    assert len(split.images.shards) == 3
+    index = torch.tensor([[3, 0, 20], [len(fresh.images) - 1, 3, 17]])
     assert torch.equal(split.images[index], fresh.images[index])
     batch, expected = split.batch(torch.tensor([7, 2, 2])), fresh.batch(torch.tensor([7, 2, 2]))
     assert batch.keys() == expected.keys() and all(torch.equal(batch[k], expected[k]) for k in batch)
