@@ -1,5 +1,6 @@
 """Encoded splits on disk, memory-mapped: read per batch, never copied whole; soft targets stored
 sparse and densified per batch to exactly the dense targets; batches, not splits, go to a device."""
+import gc
 from pathlib import Path
 
 import torch
@@ -35,6 +36,10 @@ def test_a_cached_split_is_memory_mapped_not_loaded(tmp_path):
     for shard in split.images.shards:  # the images: the image store's own shards
         assert str(split.images.directory / shard) in maps, shard
     assert split.to("cpu").images is split.images  # moving a split moves nothing; its batches go
+    shards = [str(split.images.directory / shard) for shard in split.images.shards]
+    del split
+    gc.collect()
+    assert not any(shard in mapped_files() for shard in shards)  # unmapped with the last split using them
 
 
 def test_soft_targets_are_stored_sparse_and_batches_are_dense(tmp_path):
