@@ -32,6 +32,7 @@ class RunConfig:
     weight_decay: float = 0.01
     warmup: float = 0.1                      # fraction of steps with linear warm-up, then linear decay
     grad_clip: float = 1.0
+    skip_bad_images: bool = False            # drop the examples of images that cannot be decoded (counted) instead of stopping
     precision: str = "auto"                  # bf16 autocast or fp32; "auto" is resolved (bench/precision.py)
     steps: typing.Optional[int] = None       # training steps per task; None: the sequence's
     steps_scale: float = 1.0                 # every task's steps x this (after `steps`): budget-matched references
@@ -41,7 +42,6 @@ class RunConfig:
     val_checks: int = 2                      # validation passes per task for model selection
     shots: typing.Optional[float] = None     # low-shot: fraction (<1) or k per class (>=1)
     data_root: typing.Optional[str] = None
-    skip_bad_images: bool = False            # drop the examples of images that cannot be decoded (counted) instead of stopping
     hparams: dict = field(default_factory=dict)  # the method's dataclass, resolved
 
     def identity(self) -> dict:
