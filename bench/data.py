@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from bench.cache import IMAGE_CHUNK, ImageFeatureStore, ImageRows, code_digest, image_key, safe_name
+from bench.columns import Examples
 from bench.errors import BenchError
 from bench.images import BadImage, encode_readable
 from bench.task import Task
@@ -193,9 +194,10 @@ def soft_targets(labels: list, n_classes: int) -> torch.Tensor:
 
 
 def code_version(task: Task) -> str:
-    """Digest of the code that turns a task's files into encoded examples (its loader, the Task
-    split logic, this module), so a changed loader never reads a stale split from the shared cache."""
-    return code_digest(type(task), Task, encode)
+    """Digest of the code that turns a task's files into encoded examples (its loader and the
+    classes it inherits, such as FileTask's readers; the Task split logic; the example columns; this
+    module), so a changed loader never reads a stale split from the shared cache."""
+    return code_digest(*type(task).__mro__[:-1], Examples, encode)
 
 
 def load_split(backbone, task: Task, split: str, cache_dir: Path | None, *, limit=None, shots=None,
