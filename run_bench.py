@@ -115,7 +115,7 @@ def main(argv=None):
     perf.add_argument("--repeats", type=int, default=2, help="best of N for the side-by-side timings")
     perf.add_argument("--sections", nargs="+", default=["a", "b", "c", "d", "e", "f"], choices=["a", "b", "c", "d", "e", "f", "g"],
                       help="a overhead, b avalanche, c cache, d leaderboard, e parallel, f precision (fp32 vs bf16), "
-                           "g scale (memory at 1x and 8x data; not in the default set: it writes ~10 GB)")
+                           "g scale (memory at 1x and 8x data; not in the default set: it writes ~7 GB)")
     perf.add_argument("--estimate-leaderboard", action="store_true",
                       help="(d) extrapolated from short runs per method instead of measured (quicker, approximate)")
     perf.add_argument("--cache-dir", default=None, help="data cache (default: the shared cache)")

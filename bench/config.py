@@ -35,6 +35,7 @@ class RunConfig:
     weight_decay: float = 0.01
     warmup: float = 0.1                      # fraction of steps with linear warm-up, then linear decay
     grad_clip: float = 1.0
+    skip_bad_images: bool = False            # drop the examples of images that cannot be decoded (counted) instead of stopping
     precision: str = "auto"                  # bf16 autocast or fp32; "auto" is resolved (bench/precision.py)
     steps: typing.Optional[int] = None       # training steps per task; None: the sequence's
     steps_scale: float = 1.0                 # every task's steps x this (after `steps`): budget-matched references

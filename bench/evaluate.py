@@ -109,7 +109,7 @@ class SettledScores:
             read, digest, value = known
             if all(tensors.get(name) is tensor for name, tensor in read.items()) and state_digest(read) == digest:
                 return value
-        exempt = {id(x) for x in [*data.fields.values(), data.images] if isinstance(x, torch.Tensor)}
+        exempt = {id(x) for x in data.tensors()}
         with TensorReads({id(x): name for name, x in tensors.items()}, exempt) as reads:
             value = per_example_scores(self.method, t, data, batch_size, precision)
         if reads.foreign or not reads.read:  # read nothing of the model: the trace did not see the forward

@@ -1,8 +1,9 @@
 """Reading any image a dataset ships as RGB uint8 pixels: every size (1x1 to many thousand pixels),
 every mode PIL opens (L, P, RGBA, LA, CMYK, 1, I;16, I, F), EXIF orientation applied, the format
 read from the content (PNG bytes behind a `.jpg` name are common in scraped dumps). A file that
-cannot be decoded whole (truncated, not an image, a decompression bomb) is one BenchError naming
-it: a half-decoded image is never used."""
+cannot be decoded whole (truncated, not an image, a decompression bomb) is one `BadImage` error
+naming it: a half-decoded image is never used. `encode_readable` runs an image encoder on what can
+be read, for runs that skip unreadable images instead of stopping (`--set skip_bad_images=true`)."""
 import os
 
 import numpy as np
@@ -12,6 +13,10 @@ from bench.errors import BenchError
 MAX_ASPECT = 20  # longer / shorter edge kept by `cap_aspect`: ViLT's processor (shorter edge 384,
 # longer at most 640, multiples of 32) turns a shorter edge below 640 / 20 = 32 into 0, and CLIP's
 # shorter-edge resize turns a 1 x 5000 strip into a 224 x 1,120,000 one before cropping its centre
+
+
+class BadImage(BenchError):
+    """An image that cannot be decoded (truncated, not an image, a malformed array)."""
 
 
 def load_image(image) -> np.ndarray:
@@ -29,7 +34,7 @@ def load_image(image) -> np.ndarray:
     try:
         return np.asarray(rgb(Image.fromarray(array)))
     except (TypeError, ValueError) as e:
-        raise BenchError(f"cannot read an image array of shape {array.shape} and dtype {array.dtype}: {e}") from None
+        raise BadImage(f"cannot read an image array of shape {array.shape} and dtype {array.dtype}: {e}") from None
 
 
 def open_image(path) -> "Image.Image":
@@ -40,7 +45,7 @@ def open_image(path) -> "Image.Image":
             return ImageOps.exif_transpose(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         # OSError: unreadable, truncated, not an image (UnidentifiedImageError); the others: corrupt headers
-        raise BenchError(f"cannot read image {path}: {e}") from None
+        raise BadImage(f"cannot read image {path}: {e}") from None
 
 
 def rgb(im) -> "Image.Image":
@@ -74,3 +79,23 @@ def cap_aspect(im, max_aspect: float = MAX_ASPECT):
     keep = int(max_aspect * w)
     top = (h - keep) // 2
     return im.crop((0, top, w, top + keep))
+
+
+def encode_readable(encode, images: list, skip_bad: bool) -> tuple:
+    """(`encode(images)`, {}); with `skip_bad`, when an image cannot be decoded, (`encode` of the
+    readable ones or None when there is none, {position of each unreadable one: its error}).
+    Unreadable images are rare, so they are looked for (by decoding the images once more) only
+    when `encode` hit one."""
+    try:
+        return encode(images), {}
+    except BadImage:
+        if not skip_bad:
+            raise
+    bad = {}
+    for i, image in enumerate(images):
+        try:
+            load_image(image)
+        except BadImage as e:
+            bad[i] = str(e)
+    readable = [im for i, im in enumerate(images) if i not in bad]
+    return (encode(readable) if readable else None), bad

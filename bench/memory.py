@@ -31,7 +31,7 @@ class SplitIndex:
         self.images = {}  # image features -> the first index holding them
         canon = None
         if split.images is not None:
-            canon = torch.tensor([self.images.setdefault(_row_key([im]), i) for i, im in enumerate(split.images.cpu())])
+            canon = torch.tensor([self.images.setdefault(_row_key([split.images[i].cpu()]), i) for i in range(len(split.images))])
             fields["image_index"] = canon[fields["image_index"]]
         self.keys = sorted(fields)
         self.table = {}

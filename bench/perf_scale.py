@@ -73,6 +73,7 @@ def stream_ratio(data: Path, sequence: Path, cache: Path, wl) -> tuple[float, fl
     read (memory-mapped) and as a copy in memory; best of wl.repeats each, alternating."""
     from bench.backbones import build_backbone
     from bench.config import plan_tasks, resolve
+    from bench.context import TaskContext
     from bench.registry import METHODS, TASKS
     from bench.runner import build_method, plan_split
     from bench.train import fit
@@ -83,13 +84,15 @@ def stream_ratio(data: Path, sequence: Path, cache: Path, wl) -> tuple[float, fl
     model = build_method(cfg, METHODS.get("finetune"), backbone, [task], wl.device)
     streamed = plan_split(backbone, task, plan, "train", cfg, cache).to(wl.device)
     in_memory = dataclasses.replace(streamed, fields={k: v.clone() for k, v in streamed.fields.items()},
-                                    images=streamed.images.clone())
+                                    images=streamed.images[torch.arange(len(streamed.images))])
     steps = 4 * STEPS
     best = {"streamed": math.inf, "in memory": math.inf}
     for _ in range(wl.repeats):
         for name, split in (("streamed", streamed), ("in memory", in_memory)):
+            ctx = TaskContext(task=0, tasks=(0,), train_data=[split], seed=0, lr=type(model).lr,
+                              head_lr=type(model).head_lr, precision=cfg.precision).at(model.stages(0)[0])
             t0 = time.perf_counter()
-            fit(model, {0: split}, {0: split}, steps=steps, cfg=cfg, seed=0)  # no validation checks
+            fit(model, ctx, {0: split}, {0: split}, steps=steps, cfg=cfg)  # no validation checks
             best[name] = min(best[name], time.perf_counter() - t0)
     rate = {k: steps * cfg.batch_size / v for k, v in best.items()}
     return rate["streamed"], rate["in memory"], rate["streamed"] / rate["in memory"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench.cache import code_digest, file_lock
+from bench.cache import ImageRows, code_digest, file_lock
 from bench.store import load_tensors, save_tensors, state_digest, tensor_hash, update_digest
 
 SETTINGS = ("batch_size", "eval_batch_size", "weight_decay", "warmup", "grad_clip", "val_checks", "precision")
@@ -67,8 +67,11 @@ def stage_key(method, shared: str, groups: list[dict], train: dict, val: dict, s
             for name, tensor in sorted(splits[t].fields.items()):
                 h.update(f"{t}/{name}".encode())
                 update_digest(h, tensor)
-            if splits[t].images is not None:
-                update_digest(h, splits[t].images)
+            images = splits[t].images
+            if isinstance(images, ImageRows):  # rows of immutable shards: named, not hashed (GBs of pixels)
+                h.update(images.identity)
+            elif images is not None:
+                update_digest(h, images)
     return h.hexdigest()[:20]
 
 

@@ -202,6 +202,19 @@ class Run:
         probe_data = [{name: split(task, p, name) for name in probe_splits(probe_kind(backbone, task))}
                       for task, p in zip(probe_tasks, probe_plans)]
         self.probe = RetentionProbe(backbone, probe_tasks, probe_data, cfg.eval_batch_size, cfg.precision) if probe_tasks else None
+        self.skipped = self.skipped_images() if cfg.skip_bad_images else None
+
+    def skipped_images(self) -> dict:
+        """{task: {split: {"images", "examples"[, "first"]}}}: what skip_bad_images dropped, logged."""
+        per_task = [{name: self.data[name][k] for name in self.data} for k in range(len(self.tasks))] + self.down_data
+        out = {}
+        for task, splits in zip(self.tasks + self.down_tasks, per_task):
+            out[task.name] = {name: split.skipped or {"images": 0, "examples": 0} for name, split in splits.items()}
+            for name, s in out[task.name].items():
+                if s["images"]:
+                    self.log(f"[{self.cfg.run_id}] {task.name} {name}: skipped {s['images']} unreadable images and "
+                             f"their {s['examples']} examples (first: {s['first']})")
+        return out
 
     def with_prefix(self, method, data: dict):
         """(method's frozen prefix, `data` starting from it) -- computed once per example and cached
@@ -269,8 +282,9 @@ class Run:
             probe.append(self.probe.row(self.method, i))
 
     def beside_results(self, progress: dict) -> dict:
-        """metrics.json's "novel" and "probe" entries, where the sequence has them."""
-        out = {}
+        """metrics.json's "novel" and "probe" entries, where the sequence has them, and
+        "skipped_images" with skip_bad_images."""
+        out = {} if self.skipped is None else {"skipped_images": self.skipped}
         if self.novel:
             out["novel"] = novel_result(progress["novel"], progress["rows"], self.tasks, self.novel)
         if self.probe:
@@ -303,7 +317,7 @@ def plan_split(backbone, task, plan, name: str, cfg: RunConfig, cache_dir: Path)
     limit = {"train": plan.train_cap, "test": plan.test_cap, "novel": plan.test_cap, "val": None}[name]
     return load_split(backbone, task, name, cache_dir, limit=limit, shots=plan.shots if name == "train" else None,
                       seed=cfg.seed, data_root=cfg.data_root, val_size=plan.val_size,
-                      files=data_fingerprint(task, cfg.data_root))
+                      files=data_fingerprint(task, cfg.data_root), skip_bad=cfg.skip_bad_images)
 
 
 def encode_suite_data(cfgs: list[RunConfig], cache_dir=None, threads: int | None = None) -> None:

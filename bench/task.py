@@ -1,6 +1,9 @@
 """The Task contract: what a task is, how its examples look, how it is scored."""
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from bench.columns import Examples
 
 KINDS = ("vl", "text", "image")
 
@@ -62,21 +65,24 @@ class Task:
         """
         if split not in ("train", "val", "test", "novel") or (split == "novel" and not self.holdout):
             raise ValueError(f"split must be train/val/test (or novel with a holdout), got {split!r}")
-        if split in ("test", "novel"):
-            data = list(self.examples("test", data_root))
-        else:
-            data = list(self.examples("train", data_root))
+        source = self.examples("test" if split in ("test", "novel") else "train", data_root)
+        if not isinstance(source, Sequence):
+            source = list(source)
+        # positions, not examples, are filtered, shuffled and sampled: the same draws (they depend
+        # on the length only), without copying the examples
+        order = list(range(len(source)))
         if self.holdout:
-            data = [ex for ex in data if ex.get("concept") is not None and (ex["concept"] in self.holdout) == (split == "novel")]
+            order = [i for i in order if source[i].get("concept") is not None
+                     and (source[i]["concept"] in self.holdout) == (split == "novel")]
         if split in ("train", "val"):
-            random.Random(f"val-split-{self.name}").shuffle(data)
-            n_val = min(val_size, len(data) // 5)
-            data = data[:n_val] if split == "val" else data[n_val:]
+            random.Random(f"val-split-{self.name}").shuffle(order)
+            n_val = min(val_size, len(order) // 5)
+            order = order[:n_val] if split == "val" else order[n_val:]
             if split == "train" and shots is not None:
-                data = low_shot(data, shots, seed)
-        if limit is not None and len(data) > limit:
-            data = random.Random(f"cap-{self.name}-{split}").sample(data, limit)
-        return data
+                order = low_shot(order, shots, seed, label=lambda i: source[i]["label"])
+        if limit is not None and len(order) > limit:
+            order = random.Random(f"cap-{self.name}-{split}").sample(order, limit)
+        return source.take(order) if isinstance(source, Examples) else [source[i] for i in order]
 
 
 def majority_class(label) -> int:
@@ -88,14 +94,15 @@ def majority_class(label) -> int:
     return max(range(len(label)), key=label.__getitem__)
 
 
-def low_shot(data: list[dict], shots: int | float, seed: int) -> list[dict]:
-    """A fraction of the data (shots < 1) or k examples per class (shots >= 1), seeded."""
+def low_shot(data: list, shots: int | float, seed: int, label=lambda ex: ex["label"]) -> list:
+    """A fraction of the data (shots < 1) or k examples per class (shots >= 1, the class of
+    `label(item)`), seeded."""
     rng = random.Random(f"shots-{seed}")
     if shots < 1:
         return rng.sample(data, max(1, round(len(data) * shots)))
     by_class: dict = {}
     for ex in data:
-        by_class.setdefault(majority_class(ex["label"]), []).append(ex)
+        by_class.setdefault(majority_class(label(ex)), []).append(ex)
     picked = [ex for key in sorted(by_class) for ex in rng.sample(by_class[key], min(int(shots), len(by_class[key])))]
     rng.shuffle(picked)
     return picked

@@ -10,10 +10,13 @@ import pickle
 import re
 from pathlib import Path
 
+from bench.columns import Examples
 from bench.errors import BenchError
 from bench.task import Task
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+PARSED: dict = {}  # (task, split, files ...) -> Examples, the splits this process has read, oldest first
+PARSED_KEPT = 8
 
 
 class FileTask(Task):
@@ -62,11 +65,21 @@ class FileTask(Task):
         self.chance = 100.0 / len(self.labels) if chance is None else chance
 
     def examples(self, split, data_root):
+        """The split's examples as columns (bench/columns.py), read from the files once per process
+        and version of them (a fresh run reads the training files for its train and val splits)."""
+        from bench.identity import data_fingerprint
         if not self.labels:
             self.prepare(data_root)
-        return self.read(split, self.folder(data_root))
+        folder = self.folder(data_root)
+        key = (type(self), self.name, tuple(self.labels), split, str(folder), data_fingerprint(self, data_root))
+        if key not in PARSED:
+            while len(PARSED) >= PARSED_KEPT:
+                PARSED.pop(next(iter(PARSED)))
+            PARSED[key] = Examples.of(self.read(split, folder))
+        return PARSED[key]
 
-    def read(self, split: str, folder: Path) -> list[dict]:
+    def read(self, split: str, folder: Path):
+        """The split's examples (dicts), a list or one by one."""
         raise NotImplementedError
 
     # -- readers whose errors name the file and the first bad line -------------------------
@@ -85,6 +98,39 @@ class FileTask(Task):
             raise self.error(f"{path} line {e.lineno}: malformed JSON ({e.msg})") from None
         except OSError as e:
             raise self.error(f"cannot read {path}: {e.strerror}") from None
+
+    def json_list(self, path: Path, key: str):
+        """(where, item) for each item of the list under the top-level `key` of the JSON document
+        at `path`, decoded one item at a time: VQAv2's annotation files are hundreds of MB, which
+        `json.load` would hold whole as Python objects (several GB). Other top-level values are
+        decoded and dropped."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                stream = _JSONStream(f)
+                stream.expect("{")
+                while stream.peek() != "}":
+                    name = stream.value()
+                    stream.expect(":")
+                    if name != key:
+                        stream.value()
+                    else:
+                        if stream.peek() != "[":
+                            raise self.error(f"{path}: field '{key}' is not a list")
+                        stream.expect("[")
+                        k = 0
+                        while stream.peek() != "]":
+                            yield f"{path} {key}[{k}]", stream.value()
+                            k += 1
+                            if stream.peek() != "]":
+                                stream.expect(",")
+                        return
+                    if stream.peek() != "}":
+                        stream.expect(",")
+        except _Malformed as e:
+            raise self.error(f"{path} line {e.line}: malformed JSON ({e.msg})") from None
+        except OSError as e:
+            raise self.error(f"cannot read {path}: {e.strerror}") from None
+        raise self.error(f"{path}: missing field '{key}'")
 
     def jsonl(self, path: Path):
         """(line number, record) for each non-empty line."""
@@ -164,6 +210,56 @@ class FileTask(Task):
         except Exception as e:  # datasets wraps pyarrow / pandas / json errors in several types
             message = str(e.__cause__ or e).strip().splitlines() or [type(e).__name__]
             raise self.error(f"{path}: unreadable ({message[0]})") from None
+
+
+class _Malformed(Exception):
+    def __init__(self, msg: str, line: int):
+        super().__init__(msg)
+        self.msg, self.line = msg, line
+
+
+class _JSONStream:
+    """A JSON document read a chunk at a time: `value()` decodes the next value (json's own
+    decoder, on the buffered text), `peek()` / `expect()` the punctuation between values; errors
+    (`_Malformed`) carry the document's line number."""
+
+    CHUNK = 1 << 20
+    DECODER = json.JSONDecoder()
+
+    def __init__(self, f):
+        self.f, self.buf, self.pos, self.lines, self.eof = f, "", 0, 0, False  # lines: before buf
+
+    def _more(self) -> bool:
+        chunk = self.f.read(self.CHUNK)
+        self.lines += self.buf.count("\n", 0, self.pos)
+        self.buf, self.pos = self.buf[self.pos:] + chunk, 0
+        self.eof = not chunk
+        return bool(chunk)
+
+    def peek(self) -> str:
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.buf) or not self._more():
+                return self.buf[self.pos:self.pos + 1]
+
+    def expect(self, char: str) -> None:
+        if self.peek() != char:
+            raise _Malformed(f"expected '{char}'", self.lines + self.buf.count("\n", 0, self.pos) + 1)
+        self.pos += 1
+
+    def value(self):
+        self.peek()
+        while True:
+            try:
+                value, end = self.DECODER.raw_decode(self.buf, self.pos)
+                if end < len(self.buf) or self.eof:  # a number at the buffer's end may go on
+                    self.pos = end
+                    return value
+            except json.JSONDecodeError as e:
+                if self.eof:
+                    raise _Malformed(e.msg, self.lines + e.lineno) from None
+            self._more()
 
 
 def _json_document_with_data(path: Path) -> bool:

@@ -61,27 +61,21 @@ class VQAv2(FileTask):
         counts = Counter()
         for tag in ("train", "val"):
             path = self.first(folder, f"v2_mscoco_{tag}2014_annotations.json")
-            for where, ann in self._annotations(path):
+            for where, ann in self.json_list(path, "annotations"):
                 counts[self.field(ann, "multiple_choice_answer", where, str)] += 1
         return [a for a, c in counts.items() if c >= MIN_ANSWER_COUNT]
-
-    def _annotations(self, path: Path):
-        anns = self.field(self.read_json(path), "annotations", str(path), list)
-        return ((f"{path} annotations[{k}]", a) for k, a in enumerate(anns))
 
     def read(self, split, folder):
         tag = "train" if split == "train" else TEST_SPLIT["vqav2"]
         qpath = self.first(folder, f"v2_OpenEnded_mscoco_{tag}2014_questions.json")
         apath = self.first(folder, f"v2_mscoco_{tag}2014_annotations.json")
         questions = {}
-        for k, q in enumerate(self.field(self.read_json(qpath), "questions", str(qpath), list)):
-            where = f"{qpath} questions[{k}]"
+        for where, q in self.json_list(qpath, "questions"):
             questions[self.field(q, "question_id", where, int)] = (self.field(q, "question", where, str),
                                                                     self.field(q, "image_id", where, int))
         images = coco_images(self, folder.parent)
         index = {a: k for k, a in enumerate(self.labels)}
-        out = []
-        for where, ann in self._annotations(apath):
+        for where, ann in self.json_list(apath, "annotations"):
             qid = self.field(ann, "question_id", where, int)
             if qid not in questions:
                 raise self.error(f"{where}: question_id {qid} is not in {qpath.name}")
@@ -94,8 +88,7 @@ class VQAv2(FileTask):
                      for j, a in enumerate(self.field(ann, "answers", where, list))]
             counts = Counter(given)
             label = {index[a]: vqa_soft_score(c, len(given)) for a, c in counts.items() if a in index}
-            out.append({"images": [images[image_id]], "text": question, "label": label})
-        return out
+            yield {"images": [images[image_id]], "text": question, "label": label}
 
 
 COCO_DIRS = ("ms-coco", "coco", "mscoco", "COCO")
@@ -126,7 +119,6 @@ class NLVR2(FileTask):
         path = self.first(folder, f"data/{tag}.json", f"{tag}.json")
         image_dir = next((d for d in (folder / "images" / tag, folder / tag) if d.is_dir()), folder / "images" / tag)
         images = scan_images(image_dir, recursive=True)  # the official train zip has 100 numbered sub-folders
-        out = []
         for n, rec in self.jsonl(path):
             where = f"{path} line {n}"
             identifier = self.field(rec, "identifier", where, str)
@@ -140,8 +132,7 @@ class NLVR2(FileTask):
                 if name not in images:
                     raise self.error(f"{where}: image {name} not found under {image_dir}")
                 pair.append(images[name])
-            out.append({"images": pair, "text": self.field(rec, "sentence", where, str), "label": self.labels.index(label)})
-        return out
+            yield {"images": pair, "text": self.field(rec, "sentence", where, str), "label": self.labels.index(label)}
 
 
 FLICKR_IMAGE_DIRS = ("flickr30k/flickr30k_images", "flickr30k/flickr30k-images", "flickr30k_images", "flickr30k-images",
@@ -159,7 +150,6 @@ class SNLIVE(FileTask):
         tag = "train" if split == "train" else TEST_SPLIT["snli_ve"]
         path = self.first(folder, f"snli_ve_{tag}.jsonl", f"data/snli_ve_{tag}.jsonl")
         images = images_by_number(*(folder.parent / d for d in FLICKR_IMAGE_DIRS))
-        out = []
         for n, rec in self.jsonl(path):
             where = f"{path} line {n}"
             raw_id = self.field(rec, "Flickr30K_ID", where, (str, int))
@@ -168,9 +158,8 @@ class SNLIVE(FileTask):
             gold = self.field(rec, "gold_label", where, str)
             if gold not in self.labels:
                 raise self.error(f"{where}: gold_label '{gold}' is not one of {', '.join(self.labels)}")
-            out.append({"images": [images[int(raw_id)]], "text": self.field(rec, "sentence2", where, str),
-                        "label": self.labels.index(gold)})
-        return out
+            yield {"images": [images[int(raw_id)]], "text": self.field(rec, "sentence2", where, str),
+                   "label": self.labels.index(gold)}
 
 
 def vcr_text(tokens: list, objects: list[str]) -> str:
@@ -199,7 +188,6 @@ class VCR(FileTask):
         path = self.first(folder, f"annotation/{tag}.jsonl", f"vcr1annots/{tag}.jsonl", f"{tag}.jsonl")
         drawn_dir = folder / "drawn_images" / "bbox" / tag / "answer"  # CLiMB: boxes drawn on the images
         drawn = scan_images(drawn_dir)
-        out = []
         for n, rec in self.jsonl(path):
             where = f"{path} line {n}"
             objects = self.field(rec, "objects", where, list)
@@ -219,8 +207,7 @@ class VCR(FileTask):
                 texts = [f"{question} [SEP] {vcr_text(a, objects)}" for a in answers]
             except (IndexError, TypeError):
                 raise self.error(f"{where}: an object reference is not an index into 'objects'") from None
-            out.append({"images": [image], "text": texts, "label": label})
-        return out
+            yield {"images": [image], "text": texts, "label": label}
 
 
 TASKS.register("vqav2")(lambda: VQAv2("vqav2", "vl", [], loss="soft_bce", metric="vqa_score", chance=0.0))

@@ -26,6 +26,12 @@ def encoded(monkeypatch):
     return calls
 
 
+def stored(store, keys, images, encode):
+    """The store's features of `images` (encoded when missing), gathered from its rows."""
+    rows, _ = store.rows(keys, images, encode)
+    return rows[torch.arange(len(rows))]
+
+
 def keys(task, limit):
     return {image_key(im, i) for ex in task.load("test", limit=limit) for im, i in zip(ex["images"], ex["image_ids"])}
 
@@ -44,7 +50,7 @@ def test_splits_over_the_same_images_encode_each_image_once(tmp_path, encoded):
     for cached in (a, b):  # and the cached features are the encoder's
         task = color if cached is a else shape
         fresh = load_split(backbone, task, "test", None, limit=300)
-        assert torch.equal(cached.images, fresh.images)
+        assert torch.equal(cached.images[torch.arange(len(cached.images))], fresh.images)
         assert all(torch.equal(cached.fields[k], fresh.fields[k]) for k in fresh.fields)
 
 
@@ -70,14 +76,14 @@ def test_corrupt_entries_are_recomputed(tmp_path, encoded, monkeypatch):
     shards = sorted(store.dir.glob("*.pt"))
     assert len(shards) == 3
     lost = torch.load(shards[1], weights_only=True)["keys"]
-    shards[1].write_bytes(b"not a tensor file")
-    split_file = next((tmp_path / "splits").rglob("images.npy"))
-    truncated = split_file.read_bytes()[:100]
-    split_file.unlink()  # a new file: `good` maps the old one, as a reader in another process would
-    split_file.write_bytes(truncated)
+    expected = good.images[torch.arange(len(good.images))]
+    for damaged in (shards[1], next((tmp_path / "splits").rglob("image_rows.npy"))):
+        truncated = damaged.read_bytes()[:100] if damaged.suffix == ".npy" else b"not a tensor file"
+        damaged.unlink()  # a new file: `good` maps the old one, as a reader in another process would
+        damaged.write_bytes(truncated)
     encoded.clear()
     again = load_split(backbone, task, "test", tmp_path, limit=40)
-    assert torch.equal(again.images, good.images)
+    assert torch.equal(again.images[torch.arange(len(again.images))], expected)
     assert all(torch.equal(again.fields[k], good.fields[k]) for k in good.fields)
     assert sum(encoded) == len(lost) == 16  # just the lost shard's images
     assert not shards[1].exists()  # the unreadable shard is gone, its images in a new one
@@ -94,21 +100,21 @@ def test_a_killed_encode_resumes_after_its_last_finished_chunk(tmp_path, monkeyp
         return torch.tensor(ims, dtype=torch.float32)[:, None]
     keys, images = [f"id:{i}" for i in range(30)], list(range(30))
     with pytest.raises(KeyboardInterrupt):
-        store.features(keys, images, dies_on_third_chunk)
+        stored(store, keys, images, dies_on_third_chunk)
     assert len(list(store.dir.glob("*.pt"))) == 2 and not list(store.dir.glob(".*.tmp"))
     calls.clear()
     fresh = ImageFeatureStore(tmp_path, "enc")
-    out = fresh.features(keys, images, lambda ims: calls.append(len(ims)) or torch.tensor(ims, dtype=torch.float32)[:, None])
+    out = stored(fresh, keys, images, lambda ims: calls.append(len(ims)) or torch.tensor(ims, dtype=torch.float32)[:, None])
     assert calls == [8, 6] and out[:, 0].tolist() == images  # the two finished chunks were kept
 
 
 def test_stores_writing_one_encoding_keep_each_others_entries(tmp_path):
-    ImageFeatureStore(tmp_path, "enc").features(["id:a"], [0], lambda ims: torch.ones(len(ims), 3))
-    ImageFeatureStore(tmp_path, "enc").features(["id:b"], [0], lambda ims: torch.zeros(len(ims), 3))
+    stored(ImageFeatureStore(tmp_path, "enc"), ["id:a"], [0], lambda ims: torch.ones(len(ims), 3))
+    stored(ImageFeatureStore(tmp_path, "enc"), ["id:b"], [0], lambda ims: torch.zeros(len(ims), 3))
 
     def fail(ims):
         raise AssertionError("should come from disk")
-    both = ImageFeatureStore(tmp_path, "enc").features(["id:a", "id:b"], [0, 0], fail)
+    both = stored(ImageFeatureStore(tmp_path, "enc"), ["id:a", "id:b"], [0, 0], fail)
     assert both.tolist() == [[1.0] * 3, [0.0] * 3]
 
 
