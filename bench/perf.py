@@ -11,8 +11,8 @@ on the same model, data tensors, optimizer and steps (a benchmark script, not a 
                  (Avalanche reads the harness's cached features too)
 (c) cache        a frozen-prefix method without / with its prefix cache (goal >= 10 for methods
                  whose whole backbone is frozen)
-(d) leaderboard  the full default leaderboard's wall time (all methods x 3 seeds), measured from an
-                 empty cache (image features, frozen prefixes and shared stages all computed);
+(d) leaderboard  `make leaderboard`'s wall time (the sequence's default method set with its
+                 single-task reference, x 3 seeds), measured from an empty cache (image features, frozen prefixes and shared stages all computed);
                  `--estimate-leaderboard` extrapolates short runs per method instead (quicker,
                  but it has been off by up to 30 %)
 (e) parallel     two runs side by side with 1 thread each vs one after another with 2 threads
@@ -49,7 +49,7 @@ from bench.precision import autocast
 from bench.registry import METHODS, TASKS
 from bench.runner import build_method, execute, plan_split, task_seed
 from bench.store import finished_runs
-from bench.suite import run_suite
+from bench.suite import method_set, run_suite
 from bench.train import _schedule, adamw
 
 SECTIONS = ("a", "b", "c", "d", "e", "f", "g")
@@ -358,6 +358,11 @@ def makespan(durations: list[float], workers: int) -> float:
     return max(loads)
 
 
+def leaderboard_methods(sequence: str) -> list[str]:
+    """What `make leaderboard` runs on `sequence`: its default method set and the single-task reference."""
+    return list(dict.fromkeys(["single_task", *method_set(["default"], sequence, METHODS.names())]))
+
+
 def section_leaderboard_estimate(wl: Workload, say, seeds: int = 3) -> float:
     """Each method run at two short budgets (1/8 and 1/4 of the sequence's steps per task): their
     difference is the cost of training steps alone (evaluation, validation checks and set-up are the
@@ -371,7 +376,7 @@ def section_leaderboard_estimate(wl: Workload, say, seeds: int = 3) -> float:
     short = (max(1, round(per_task / 8)), max(2, round(per_task / 4)))
     full = sum(p.steps for p in plans)
     per_run = {"wall": {}, "cpu": {}}
-    for method in METHODS.names():
+    for method in leaderboard_methods(wl.sequence):
         r = best_of(1, {n: lambda n=n: wl.harness(wl.config(method, [("steps", str(n))]), reuse_stages=True)[1]
                         for n in short})
         (n1, t1), (n2, t2) = r.items()
@@ -392,13 +397,13 @@ def section_leaderboard_estimate(wl: Workload, say, seeds: int = 3) -> float:
 
 
 def section_leaderboard(wl: Workload, say, seeds=(0, 1, 2)) -> float:
-    """The real thing: `run --methods all --seeds 0 1 2` from an empty cache, timed, with each
-    method's run times."""
+    """The real thing: `make leaderboard`'s `run --methods default --seeds 0 1 2` from an empty
+    cache, timed, with each method's run times."""
     from bench.report import write_report
     out = Path(tempfile.mkdtemp(dir=wl.scratch))
     sets = [("cache_dir", str(out / "empty-cache"))] + ([("steps", str(wl.steps))] if wl.steps else [])
     t0 = time.perf_counter()
-    outcomes = run_suite(["all"], list(seeds), sets, out=str(out), sequence=wl.sequence, backbone=wl.backbone,
+    outcomes = run_suite(["default"], list(seeds), sets, out=str(out), sequence=wl.sequence, backbone=wl.backbone,
                          quick=wl.quick)
     write_report(out)
     total = time.perf_counter() - t0
