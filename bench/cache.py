@@ -23,6 +23,7 @@ import inspect
 import os
 import re
 import time
+import weakref
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -102,12 +103,21 @@ def load_shard(path: Path) -> tuple[list, torch.Tensor]:
     return _load_shard(str(path), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-@lru_cache(maxsize=None)
+# A shard's keys are kept for the process; its mapped features only while something (a split's
+# ImageRows) holds them: a long-lived worker does not keep the pages of every shard earlier runs read.
+_SHARD_KEYS: dict[tuple, list] = {}
+_SHARD_FEATS: "weakref.WeakValueDictionary[tuple, torch.Tensor]" = weakref.WeakValueDictionary()
+
+
 def _load_shard(path: str, inode: int, size: int, mtime_ns: int) -> tuple[list, torch.Tensor]:
-    blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    keys, feats = blob["keys"], blob["feats"]
-    if len(keys) != len(feats):
-        raise ValueError("keys and features differ in length")
+    version = (path, inode, size, mtime_ns)
+    keys, feats = _SHARD_KEYS.get(version), _SHARD_FEATS.get(version)
+    if keys is None or feats is None:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        keys, feats = blob["keys"], blob["feats"]
+        if len(keys) != len(feats):
+            raise ValueError("keys and features differ in length")
+        _SHARD_KEYS[version], _SHARD_FEATS[version] = keys, feats
     return keys, feats
 
 

@@ -1,6 +1,6 @@
 """Finished runs written without training (metrics.json + DONE), for tests whose subject is the
 report: every method of the default leaderboard, with the parameter counts and training times of
-results/reference/leaderboard.csv (so points cluster as in the real figures), and seeded random
+results/reference/all-methods/leaderboard.csv (so points cluster as in the real figures), and seeded random
 score matrices; optionally with per-example scores (examples.npz, for the statistics) and
 composition diagnostics."""
 import json
@@ -58,7 +58,7 @@ def leaderboard_runs(out: Path, seeds=(0, 1, 2), downstream=("imdb", "sst2"), me
     """Every reference method (or `methods`) x seeds; upstream matrices lower-triangular (made of
     `examples` per-example scores per task, stored with the run, when non-zero), downstream scores
     per task."""
-    ref = pd.read_csv(ROOT / "results" / "reference" / "leaderboard.csv")
+    ref = pd.read_csv(ROOT / "results" / "reference" / "all-methods" / "leaderboard.csv")
     runs = []
     for k, r in enumerate(ref.itertuples()):
         if methods is not None and r.method not in methods:

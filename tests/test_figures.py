@@ -1,7 +1,7 @@
 """Paper-grade figures, measured on what is saved: no two text boxes intersect (matplotlib's own
 renderer measures them), bars sorted by the value shown and coloured by family, the requested
 width, TrueType fonts embedded in the PDFs, and the downstream and compute figures. Built from
-fake finished runs with the reference leaderboard's parameter counts (18 methods, clustered)."""
+fake finished runs with the 29-method reference leaderboard's parameter counts (clustered)."""
 import numpy as np
 import pandas as pd
 import pytest

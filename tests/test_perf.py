@@ -39,7 +39,10 @@ def test_perf_sections_run_and_end_with_the_numbers(toy, tmp_path, monkeypatch):
 
 
 def test_perf_measures_the_leaderboard_by_default(toy, monkeypatch):
-    monkeypatch.setattr(METHODS, "names", lambda: ["finetune", "frozen"])  # what "--methods all" means here
+    import bench.suite
+    asked = []
+    # the sequence's default set (what `make leaderboard` runs), here two methods
+    monkeypatch.setattr(bench.suite, "method_set", lambda methods, sequence, known: asked.append(methods) or ["finetune", "frozen"])
     monkeypatch.setenv("MMCL_PLUGINS", str(Path(__file__).with_name("conftest.py")))  # workers register the toy backbone
     lines = []
     seconds = main(toy, sections=("d",), say=lines.append)["leaderboard_s"]
@@ -48,6 +51,7 @@ def test_perf_measures_the_leaderboard_by_default(toy, monkeypatch):
     per_method = {line.split()[0]: line for line in lines if line.startswith("    ")}
     assert {"finetune", "frozen", "single_task"} <= per_method.keys()  # the references run too
     assert all("x 3 =" in line for line in per_method.values())  # three seeds each
+    assert asked == [["default"]]  # make leaderboard's command: the default method set
 
 
 def test_perf_against_avalanche(toy):
