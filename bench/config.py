@@ -69,15 +69,15 @@ class RunConfig:
         return self._run_id[1]
 
     def _digest(self) -> str:
-        from bench.identity import data_fingerprint, method_code, task_code_digest
+        from bench.identity import class_code, data_fingerprint
         from bench.registry import METHODS, TASKS
         from bench.settings import setting_identity
         plans = [plan_identity(p) for part in TASK_PARTS for p in plan_tasks(self, part)]
         tasks = {p["name"]: TASKS.get(p["name"])() for p in plans}
         data = {name: data_fingerprint(task, self.data_root) for name, task in tasks.items()}
         # a task's code (its loader, the Task split logic) decides which examples a run sees
-        task_code = {name: task_code_digest(task) for name, task in tasks.items()}
-        blob = json.dumps({**self.identity(), "plans": plans, "code": method_code(METHODS.get(self.method)),
+        task_code = {name: class_code(type(task)) for name, task in tasks.items()}
+        blob = json.dumps({**self.identity(), "plans": plans, "code": class_code(METHODS.get(self.method)),
                            "data": data, "task_code": task_code, **setting_identity(self)}, sort_keys=True, default=str)
         name = Path(self.sequence).stem  # a sequence given as a file path must not make the id a path
         return f"{name}-{self.method}-s{self.seed}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"

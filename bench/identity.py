@@ -12,16 +12,11 @@ CONTENT_LIMIT = 1 << 20  # files up to 1 MiB (annotations, CSVs, vocabularies) a
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def method_code(method_cls) -> str:
-    """Digest of the source files of the method's class and of every class it inherits from
-    (its module, a parent method's module, bench/method.py): editing any of them is a new run."""
-    return code_digest(*method_cls.__mro__[:-1])
-
-
-def task_code_digest(task) -> str:
-    """Digest of the source of a task's class and the classes it inherits from (its module, a
-    parent task's module, bench/task.py): an edited loader or split rule is a new run."""
-    return code_digest(*type(task).__mro__[:-1])
+def class_code(cls) -> str:
+    """Digest of the source files of `cls` and of every class it inherits from (its module, a
+    parent's module, bench/method.py or bench/task.py): editing any of them is a new run. Serves
+    methods and tasks alike."""
+    return code_digest(*cls.__mro__[:-1])
 
 
 def data_fingerprint(task, data_root) -> str | None:
