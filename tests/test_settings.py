@@ -1,6 +1,7 @@
 """Class- and domain-incremental settings (bench/settings.py, bench/task_id.py): the union label
 space built by hand, the task id never given to `predict` (recorded), a method that knows only the
-last task scoring 0 on earlier ones, the task-id predictor against a bare nearest-prototype loop,
+last task scoring 0 on earlier ones, contradicting domains scored by hand through one head
+(tests/word_tasks.py), the task-id predictor against a bare nearest-prototype loop,
 oracle methods marked, and task-IL run ids untouched."""
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from bench.settings import LabelSpace
 from bench.task import Task
 from conftest import plugin, run_method
 from methods.adapter import Adapter
+from word_tasks import Memoriser, approx_matrix, expected_matrix, register, sequence_file
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # disjoint label sets, so a method that predicts only the last task's labels is wrong on every earlier one
@@ -207,6 +209,32 @@ def test_a_method_that_needs_the_task_id_gets_the_oracle_and_says_so(monkeypatch
     m = run_method("oracle_adapter", tmp_path, cache_dir, sequence=disjoint)
     assert m["task_id"] == "oracle" and "task_id_accuracy" not in m
     assert all(set(given) == {j} for (_, j), given in recorder.by_cell().items())
+
+
+# one label space; each later domain contradicts the earlier ones on some words (word_tasks.py)
+DOMAINS = {"words_a": {"red": "x", "green": "y", "blue": "z", "cat": "x", "dog": "y", "sun": "z"},
+           "words_b": {"red": "y", "green": "x", "blue": "z", "cat": "x", "dog": "y", "sun": "z"},
+           "words_c": {"red": "y", "green": "x", "blue": "z", "cat": "z", "dog": "y", "sun": "x"}}
+
+
+@pytest.mark.parametrize("setting", ["domain", "task"])
+def test_contradicting_domains_score_as_computed_by_hand_through_one_head(monkeypatch, setting, tmp_path, cache_dir):
+    """Domain-IL: one head, so after task i every domain is predicted with domain i's word map
+    (cells such as 85.7 = 18/21 where two maps agree on 18 of 21 test examples); never a task id
+    given to predict. The same toy in task-IL scores 100 everywhere (a head per task, its id)."""
+    register(monkeypatch, DOMAINS)
+    plugin(monkeypatch, "memoriser", Memoriser)
+    monkeypatch.setattr(Memoriser, "log", [])
+    m = run_method("memoriser", tmp_path, cache_dir, sequence=sequence_file(tmp_path / "seq.yaml", setting, DOMAINS))
+    assert m["setting"] == setting and m["matrix"] == approx_matrix(expected_matrix(DOMAINS, setting))
+    assert metrics.summary(m["matrix"], m["chance"], m["single_task"]) == m["summary"]  # the formulas, from metrics.json
+    if setting == "task":
+        assert all(v == 100 for i, row in enumerate(m["matrix"]) for v in row[:i + 1])
+        return
+    assert m["task_id"] == "shared" and 0 < m["matrix"][2][0] < m["matrix"][2][1] < 100  # the contradictions cost
+    # every prediction (validation and every test split) after task i took index i and read one head
+    assert {(trained, given) for trained, given, _ in Memoriser.log} == {(i, i) for i in range(3)}
+    assert len({head for *_, head in Memoriser.log}) == 1
 
 
 def test_domain_sequence_shares_one_head_over_one_label_space(tmp_path, cache_dir):
