@@ -17,6 +17,12 @@ from bench.task import Task
 
 TRAIN_COPIES = 20  # of each word in the training source: val (1/5 at most) never takes all of one
 TEST_COPIES = {"red": 1, "green": 2, "blue": 3, "cat": 4, "dog": 5, "sun": 6}  # unequal, so cells are not 0/100
+# one label space; each later domain contradicts the earlier ones on some words
+DOMAINS = {"words_a": {"red": "x", "green": "y", "blue": "z", "cat": "x", "dog": "y", "sun": "z"},
+           "words_b": {"red": "y", "green": "x", "blue": "z", "cat": "x", "dog": "y", "sun": "z"},
+           "words_c": {"red": "y", "green": "x", "blue": "z", "cat": "z", "dog": "y", "sun": "x"}}
+# class-incremental: the second task adds label w (union x, y, z, w) and keeps z
+CLASSES = {"words_a": DOMAINS["words_a"], "words_d": {"red": "z", "green": "w", "blue": "w", "cat": "z"}}
 
 
 class WordTask(Task):
@@ -72,7 +78,8 @@ class Memoriser(Method):
 
 def expected_matrix(tasks: dict[str, dict[str, str]], setting: str, holdout: dict[str, list[str]] = {},
                     split: str = "test") -> list[list]:
-    """Memoriser's score (%) on task j's `split` after task i (lower triangle; None above): in
+    """Memoriser's score (%) on task j's `split` after task i (lower triangle; None above and, for
+    the novel split, where task j holds nothing out): in
     `task` task j's own head, whose unknown words go to task j's last label; else the shared head
     of task i, whose unknown words go to the last label of the union seen through task i (labels in
     order of first appearance)."""
@@ -83,7 +90,7 @@ def expected_matrix(tasks: dict[str, dict[str, str]], setting: str, holdout: dic
         seen = {label for name in names[:i + 1] for label in tasks[name].values()}
         row = []
         for j, name in enumerate(names):
-            if j > i:
+            if j > i or (split == "novel" and name not in holdout):
                 row.append(None)
                 continue
             words = [w for w in tasks[name] if (w in holdout.get(name, [])) == (split == "novel")]
