@@ -5,9 +5,10 @@ A task planned with `holdout: [circle]` (a per-task option of the sequence file)
 after each task the runner scores the novel split of every seen task with the same model as the
 score matrix, into a matrix N of the same shape (None where a task has no holdout or was not
 scored); in class- and domain-IL as the test split is scored, without the task id (union labels,
-classes seen so far, the task index chosen as for the test split: bench/task_id.py). The held-out concepts are the task's own (`Task.concepts`: for vqa_color the shape the
-question is about, for vqa_shape its colour); the answer space is the task's whole label set, as
-in VQACL, where a novel composition is a seen answer about an unseen pairing."""
+classes seen so far, the task index chosen as for the test split: bench/task_id.py). The held-out
+concepts are the task's own (`Task.concepts`: for vqa_color the shape the question is about, for
+vqa_shape its colour); the answer space is the task's whole label set, as in VQACL, where a novel
+composition is a seen answer about an unseen pairing."""
 from statistics import mean
 
 from bench.errors import BenchError, did_you_mean
