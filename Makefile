@@ -24,8 +24,15 @@ $(BIN)/.test-installed: $(BIN)/.installed requirements-loggers.txt
 
 venv: $(BIN)/.installed
 
+# one run command per sequence of SEQUENCE, in turn, each its own recipe line (make stops at the first
+# that fails); all write into results/, and each run's report covers every run there, so the last one
+# is the report over all the sequences (`SEQUENCE="default default_class default_domain"`)
+define newline
+
+
+endef
 leaderboard: venv
-	$(BIN)/python run_bench.py run --sequence $(SEQUENCE) --methods $(METHODS) --seeds $(SEEDS) --out results
+	$(foreach s,$(SEQUENCE),$(BIN)/python run_bench.py run --sequence $(s) --methods $(METHODS) --seeds $(SEEDS) --out results$(newline))
 
 quick: venv
 	$(BIN)/python run_bench.py run --quick --methods finetune adapter --out results/quick

@@ -3,9 +3,10 @@ one column, 7 for two), fonts embedded in the PDF as TrueType (pdf.fonttype 42, 
 ask for), methods coloured by family (bench/families.py) with a legend, bars sorted by the value
 shown, and no two labels overlapping (scatter labels are placed where they collide with nothing;
 one that fits nowhere is named in a note instead). Per method (and setting): the score matrix as a
-heatmap and the per-task score curves, both averaged over its seeds. Over methods: forgetting and
-downstream scores (CLiMB phase II) as bars with error bars (the statistics' 95 % CI where the
-table has one, else ± std over seeds), and final score / transfer against stored parameters and
+heatmap and the per-task score curves, both averaged over its seeds. Over methods: forgetting,
+downstream scores (CLiMB phase II) and novel-composition scores (VQACL) as bars with error bars
+(the statistics' 95 % CI where the table has one, else ± std over seeds), retention of pretrained
+ability after each task as curves, and final score / transfer against stored parameters and
 against training compute."""
 import warnings
 from pathlib import Path
@@ -129,12 +130,14 @@ def _family_legend(fig, methods, note: str | None = None, extra=()) -> None:
 CI_LABEL, STD_LABEL = "95 % CI", "± std over seeds"
 
 
-def ranked_bars(table, key: str, label: str, title: str, path: Path, width: float, higher_is_better: bool) -> list[Path]:
+def ranked_bars(table, key: str, label: str, title: str, path: Path, width: float, higher_is_better: bool,
+                marker: tuple[str, str] | None = None) -> list[Path]:
     """Horizontal bars of one metric per method (the mean over seeds), best first, coloured by
     family. Error bars: the 95 % CI of the statistics (`<key>_ci_low/_ci_high`, bootstrapped over
     seeds and test examples) where the table has one, else ± std over seeds (runs without
     per-example scores, metrics the statistics do not cover), drawn apart (black / grey) and named
-    in the title and legend."""
+    in the title and legend. `marker` (column, legend label): another metric's mean drawn as a
+    black tick on each bar, for comparison."""
     t = table.dropna(subset=[f"{key}_mean"]).sort_values(f"{key}_mean", ascending=not higher_is_better)
     t = t.iloc[::-1]  # barh draws from the bottom: the best ends on top
     fig, ((ax,),) = _figure(width, 0.18 * len(t) + 1.2)
@@ -151,6 +154,9 @@ def ranked_bars(table, key: str, label: str, title: str, path: Path, width: floa
         bars.append(ax.errorbar((low + high)[ci] / 2, y[ci], xerr=(high - low)[ci] / 2, ecolor="k", label=CI_LABEL, **style))
     if not ci.all():
         bars.append(ax.errorbar(mean[~ci], y[~ci], xerr=std[~ci], ecolor="0.55", label=STD_LABEL, **style))
+    if marker is not None:
+        bars.append(ax.scatter(t[f"{marker[0]}_mean"].to_numpy(dtype=float), y, marker="|", s=40, c="k", zorder=3,
+                               label=marker[1]))
     if ci.all():
         spread = "mean, 95 % CI over seeds and test examples"
     else:
@@ -194,6 +200,51 @@ def forgetting_by_setting(table, folder: Path, width: float) -> list[Path]:
     fig.suptitle("Average forgetting per setting\n(points, lower is better; mean ± std over seeds)")
     _family_legend(fig, t["method"])
     return _save(fig, folder / "forgetting_settings")
+
+
+def novel_bars(table, folder: Path, width: float) -> list[Path]:
+    """With held-out compositions (bench/novel.py): the final novel-composition score per method,
+    the same tasks' usual test score (seen compositions) as a tick on each bar."""
+    if "novel_final_mean" not in table or table["novel_final_mean"].isna().all():
+        return []
+    return ranked_bars(table, "novel_final", "final score % on the tasks with held-out compositions",
+                       "Novel compositions (VQACL), after the last task", folder / "novel", width,
+                       higher_is_better=True, marker=("seen_final", "seen compositions (test split)"))
+
+
+def retention_curves(runs, folder: Path, width: float) -> list[Path]:
+    """With probe tasks (bench/probe.py): retention of pretrained ability (% of the probe score
+    before the first task, averaged over the probe tasks) after each task, one line per method
+    (mean over seeds), coloured by family, a marker per method; one panel per sequence / backbone."""
+    groups = {}
+    for r in runs:
+        if r.get("probe"):
+            groups.setdefault(f"{Path(r['sequence']).stem} / {r['backbone']}", {}).setdefault(r["method"], []).append(r)
+    if not groups:
+        return []
+    methods = sorted({m for g in groups.values() for m in g}, key=lambda m: (ORDER.index(family_of(m)), m))
+    markers = dict(zip(methods, "osD^v<>pXh*" * (len(methods) // 11 + 1)))
+    fig, axes = _figure(width, (0.45 * width + 0.4) * len(groups) + 0.15 * len(methods) + 0.6, nrows=len(groups))
+    for (ax,), (name, by_method) in zip(axes, sorted(groups.items())):
+        for method in (m for m in methods if m in by_method):
+            curves = []
+            for r in by_method[method]:
+                R = np.array([[np.nan if v is None else v for v in row] for row in r["probe"]["retention"]], dtype=float)
+                curves.append(100.0 * R.mean(axis=1))  # a row with an unscored probe task stays NaN
+            y = np.mean(curves, axis=0)
+            ax.plot(np.arange(1, len(y) + 1), y, marker=markers[method], markersize=3, linewidth=0.8,
+                    color=FAMILY_COLOURS[family_of(method)], label=method)
+        tasks = by_method[next(iter(by_method))][0]["tasks"]
+        ax.axhline(100, color="0.6", linewidth=0.6, linestyle=":")
+        ax.set_xticks(range(1, len(tasks) + 1), [str(i + 1) for i in range(len(tasks))])
+        ax.set_xlabel("after training task i")
+        ax.set_ylabel("retention %")
+        ax.set_title(f"{name}: probe {', '.join(by_method[next(iter(by_method))][0]['probe']['tasks'])}")
+    fig.suptitle("Retention of pretrained ability\n(probe score after / before training, mean over seeds)")
+    handles = {line.get_label(): line for (ax,) in axes for line in ax.get_lines() if not line.get_label().startswith("_")}
+    fig.legend([handles[m] for m in methods], methods, loc="outside lower center", ncols=3 if width < 5 else 6,
+               frameon=False)
+    return _save(fig, folder / "retention")
 
 
 def downstream_bars(table, folder: Path, width: float, keys: list[str]) -> list[Path]:
@@ -295,6 +346,7 @@ def write_figures(runs, table, folder: Path, width: float = 7.0, downstream: lis
             paths += heatmap(*method, folder, width) + task_curves(*method, folder, width)
         paths += forgetting_bars(table, folder, width)
         paths += downstream_bars(table, folder, width, list(downstream))
+        paths += novel_bars(table, folder, width) + retention_curves(runs, folder, width)
         paths += score_vs_cost(table, "stored", "parameters stored after the sequence",
                                "Score and transfer vs stored parameters", folder / "score_vs_params", width, millions)
         paths += score_vs_cost(table, "train_s", "training time per run (s)",

@@ -4,9 +4,11 @@ validation; its "novel" split holds them, from the official test data (bench/tas
 A task planned with `holdout: [circle]` (a per-task option of the sequence file) has that split;
 after each task the runner scores the novel split of every seen task with the same model as the
 score matrix, into a matrix N of the same shape (None where a task has no holdout or was not
-scored). The held-out concepts are the task's own (`Task.concepts`: for vqa_color the shape the
-question is about, for vqa_shape its colour); the answer space is the task's whole label set, as
-in VQACL, where a novel composition is a seen answer about an unseen pairing."""
+scored); in class- and domain-IL as the test split is scored, without the task id (union labels,
+classes seen so far, the task index chosen as for the test split: bench/task_id.py). The held-out
+concepts are the task's own (`Task.concepts`: for vqa_color the shape the question is about, for
+vqa_shape its colour); the answer space is the task's whole label set, as in VQACL, where a novel
+composition is a seen answer about an unseen pairing."""
 from statistics import mean
 
 from bench.errors import BenchError, did_you_mean
@@ -37,10 +39,14 @@ def planned_task(plan):
     return task
 
 
-def score_row(method, novel: dict, seen: list[int], T: int, batch_size: int, precision: str) -> list:
-    """Row of N after a task: the novel split's score (%) of each task j in `seen` that has one."""
-    from bench.evaluate import score
-    return [score(method, j, novel[j], batch_size, precision) if j in novel and j in seen else None for j in range(T)]
+def score_row(method, novel: dict, seen: list[int], T: int, batch_size: int, precision: str, route) -> list:
+    """Row of N after a task: the novel split's score (%) of each task j in `seen` that has one.
+    `route(j)`: in class- / domain-IL, the task index each of its examples is predicted with, chosen
+    as for the test split (bench/task_id.py); None in task-IL (task j's own)."""
+    from bench import evaluate
+    from bench.examples import cell_score
+    return [cell_score(evaluate.per_example_scores(method, j, novel[j], batch_size, precision, models=route(j)))
+            if j in novel and j in seen else None for j in range(T)]
 
 
 def result(rows: list, A: list, tasks, novel: dict) -> dict:

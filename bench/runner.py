@@ -182,8 +182,6 @@ class Run:
         check_modalities(type(backbone), cfg.backbone, self.tasks + self.down_tasks + probe_tasks)
         self.space = label_space(setting_of(cfg), cfg.sequence, self.tasks, [backbone.pooled_size(t) for t in self.tasks],
                                  self.down_tasks)
-        if self.space is not None and any(t.holdout for t in self.tasks):  # novel splits are scored with their task id
-            raise BenchError(f"holdout (the compositional test) needs the task-incremental setting, not '{setting_of(cfg)}'")
         self.method = build_method(cfg, METHODS.get(cfg.method), backbone, self.space.views(self.tasks) if self.space else self.tasks,
                                    device, self.space)
 
@@ -191,14 +189,15 @@ class Run:
             return plan_split(backbone, task, p, name, cfg, cache_dir).to(device)
         # as loaded: each downstream method is fresh and attaches its own frozen prefix
         self.data = {name: [split(task, p, name) for task, p in zip(self.tasks, self.plans)] for name in ("train", "val", "test")}
+        # beside the matrix: novel-composition splits (bench/novel.py), never-trained probe tasks (bench/probe.py)
+        self.novel = {j: split(task, p, "novel") for j, (task, p) in enumerate(zip(self.tasks, self.plans)) if task.holdout}
         self.router = None
         if self.space is not None:  # labels as indices of the union; test examples routed without their task id
             self.data = {name: [self.space.remap(s, t) for t, s in enumerate(splits)] for name, splits in self.data.items()}
-            self.router = Router(self.method, self.space, cfg, self.data, cache_dir, device)
+            self.novel = {j: self.space.remap(s, j) for j, s in self.novel.items()}
+            self.router = Router(self.method, self.space, cfg, self.data, self.novel, cache_dir, device)
         self.down_data = [{name: split(task, p, name) for name in ("train", "val", "test")}
                           for task, p in zip(self.down_tasks, self.down_plans)]
-        # beside the matrix: novel-composition splits (bench/novel.py), never-trained probe tasks (bench/probe.py)
-        self.novel = {j: split(task, p, "novel") for j, (task, p) in enumerate(zip(self.tasks, self.plans)) if task.holdout}
         probe_data = [{name: split(task, p, name) for name in probe_splits(probe_kind(backbone, task))}
                       for task, p in zip(probe_tasks, probe_plans)]
         self.probe = RetentionProbe(backbone, probe_tasks, probe_data, cfg.eval_batch_size, cfg.precision) if probe_tasks else None
@@ -275,7 +274,8 @@ class Run:
             novel = progress.setdefault("novel", [])
             novel += [[None] * T for _ in range(n - 1 - len(novel))]
             seen = [j for j, v in enumerate(row) if v is not None]
-            novel.append(score_novel_row(self.method, self.novel, seen, T, self.cfg.eval_batch_size, self.cfg.precision))
+            novel.append(score_novel_row(self.method, self.novel, seen, T, self.cfg.eval_batch_size, self.cfg.precision,
+                                         lambda j: self.routed(progress, i, j, novel=True)))
         if self.probe:
             probe = progress["probe"]
             probe += [[None] * len(self.probe.tasks) for _ in range(n - len(probe))]
@@ -291,14 +291,15 @@ class Run:
             out["probe"] = probe_result(progress["probe"], self.probe.tasks, self.probe.kinds)
         return out
 
-    def routed(self, progress: dict, i: int, j: int):
-        """Class- / domain-IL: the task index each of task j's test examples is predicted with after
-        task i (bench/task_id.py), with the predicted task id's accuracy (%) in `progress`."""
+    def routed(self, progress: dict, i: int, j: int, novel: bool = False):
+        """Class- / domain-IL: the task index each of task j's test (or novel) examples is predicted
+        with after task i (bench/task_id.py), with the predicted task id's accuracy (%) on the test
+        split in `progress`."""
         if self.router is None:
             return None
-        test = self.data["test"][j]
-        models = self.router.models(i, j, len(test), test.fields["label"].device)
-        if self.router.source == "predicted":
+        test = self.novel[j] if novel else self.data["test"][j]
+        models = self.router.models(i, j, len(test), test.fields["label"].device, novel)
+        if self.router.source == "predicted" and not novel:
             rows = progress.setdefault("task_id_accuracy", [])
             rows += [[None] * len(self.tasks) for _ in range(i + 1 - len(rows))]
             rows[i][j] = 100.0 * float((models == j).double().mean())

@@ -40,7 +40,8 @@ class NearestPrototype:
     backbone, so they are the same for every method, and cached on disk as `frozen`'s pooled
     outputs are (bench/prefix.py)."""
 
-    def __init__(self, backbone_spec: str, train: list, test: list, precision: str, cache_dir, batch_size: int, device):
+    def __init__(self, backbone_spec: str, train: list, test: list, novel: dict, precision: str, cache_dir,
+                 batch_size: int, device):
         backbone = build_backbone(backbone_spec)
         backbone.freeze()
         backbone.to(device)
@@ -50,30 +51,32 @@ class NearestPrototype:
             return prefix.attach(split, cache_dir, batch_size).fields[FROZEN + "pooled"].float().flatten(1)
         self.prototypes = [features(split)[:PROTOTYPE_EXAMPLES].mean(0) for split in train]
         self.test = [features(split) for split in test]
+        self.novel = {j: features(split) for j, split in novel.items()}
 
-    def __call__(self, i: int, j: int) -> torch.Tensor:
-        """The predicted task of each of task j's test examples after task i."""
-        x = self.test[j]
+    def __call__(self, i: int, j: int, novel: bool = False) -> torch.Tensor:
+        """The predicted task of each of task j's test (or novel) examples after task i."""
+        x = (self.novel if novel else self.test)[j]
         candidates = [k for k in range(i + 1) if len(self.prototypes[k]) == x.shape[1]]
         distances = torch.cdist(x, torch.stack([self.prototypes[k] for k in candidates]))
         return torch.tensor(candidates, device=x.device)[distances.argmin(1)]
 
 
 class Router:
-    """Per evaluated cell (i, j), the task index each of task j's test examples is predicted with."""
+    """Per evaluated cell (i, j), the task index each of task j's test examples (or novel-composition
+    examples, bench/novel.py: routed the same way) is predicted with."""
 
-    def __init__(self, method, space, cfg, data: dict, cache_dir, device):
+    def __init__(self, method, space, cfg, data: dict, novel: dict, cache_dir, device):
         self.source, self.space = task_id_source(method), space
         self.predictor = None
         if self.source == "predicted":
-            self.predictor = NearestPrototype(cfg.backbone, data["train"], data["test"], cfg.precision, cache_dir,
+            self.predictor = NearestPrototype(cfg.backbone, data["train"], data["test"], novel, cfg.precision, cache_dir,
                                               cfg.eval_batch_size, device)
 
-    def models(self, i: int, j: int, n: int, device) -> torch.Tensor | None:
+    def models(self, i: int, j: int, n: int, device, novel: bool = False) -> torch.Tensor | None:
         """None: task j's own model (the oracle)."""
         if self.source == "oracle":
             return None
         if self.source == "predicted":
-            return self.predictor(i, j).to(device)
+            return self.predictor(i, j, novel).to(device)
         latest = max(k for k in range(i + 1) if self.space.group[k] == self.space.group[j])
         return torch.full((n,), latest, device=device)

@@ -19,7 +19,7 @@ CHANCE = [12.5, 100 / 11, 10.0, 100 / 3]
 
 def write_run(out: Path, method: str, seed: int, matrix, *, sequence="default", backbone="default", stored=1e6,
               trainable=1e5, train_s=10.0, downstream=None, single=None, examples: RunExamples | None = None,
-              diagnostics=None) -> dict:
+              diagnostics=None, beside: dict | None = None) -> dict:
     run_id = f"{sequence}-{method}-s{seed}-fake"
     m = {"run_id": run_id, "method": method, "sequence": sequence, "backbone": backbone, "seed": seed,
          "tasks": TASKS[:len(matrix)], "matrix": matrix, "chance": CHANCE[:len(matrix)], "single_task": single,
@@ -34,6 +34,7 @@ def write_run(out: Path, method: str, seed: int, matrix, *, sequence="default", 
         m["downstream"] = downstream
     if diagnostics is not None:
         m["diagnostics"] = diagnostics
+    m.update(beside or {})  # "novel", "probe" (bench/novel.py, bench/probe.py)
     run_dir = out / "runs" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.json").write_text(json.dumps(m))

@@ -1,11 +1,13 @@
 """What a saved figure showed, measured with matplotlib's own renderer: text boxes that intersect
-or leave the figure, its size, tick labels, bars, legend, title, scatter points and error bars.
+or leave the figure, its size, tick labels, bars, legend, title, scatter points, error bars and
+every axes' lines and title.
 `capture` records it for every PNG that bench.figures writes."""
 import contextlib
 from pathlib import Path
 
 import matplotlib
 import pytest
+from matplotlib.collections import PathCollection
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
@@ -51,7 +53,10 @@ def snapshot(fig) -> dict:
             "bars": [(p.get_width(), p.get_facecolor()) for p in ax.patches],
             "legend": [t.get_text() for legend in fig.legends for t in legend.get_texts()],
             "title": ax.get_title(), "errorbars": error_bars(ax),
-            "offsets": [c.get_offsets() for c in ax.collections if hasattr(c, "get_offsets")]}
+            "offsets": [c.get_offsets() for c in ax.collections if hasattr(c, "get_offsets")],
+            "points": {c.get_label(): c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)},
+            "lines": [{line.get_label(): (line.get_xdata(), line.get_ydata()) for line in a.get_lines()} for a in fig.axes],
+            "titles": [a.get_title() for a in fig.axes]}
 
 
 @contextlib.contextmanager

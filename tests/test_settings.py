@@ -1,6 +1,7 @@
 """Class- and domain-incremental settings (bench/settings.py, bench/task_id.py): the union label
 space built by hand, the task id never given to `predict` (recorded), a method that knows only the
-last task scoring 0 on earlier ones, the task-id predictor against a bare nearest-prototype loop,
+last task scoring 0 on earlier ones, contradicting domains scored by hand through one head
+(tests/word_tasks.py), the task-id predictor against a bare nearest-prototype loop,
 oracle methods marked, and task-IL run ids untouched."""
 from pathlib import Path
 
@@ -14,11 +15,13 @@ from bench.config import resolve
 from bench.data import EncodedSplit, sparse_targets
 from bench.errors import BenchError
 from bench.method import Method
+from bench.novel import planned_task
 from bench.registry import METHODS, TASKS
 from bench.settings import LabelSpace
 from bench.task import Task
 from conftest import plugin, run_method
 from methods.adapter import Adapter
+from word_tasks import CLASSES, DOMAINS, Memoriser, approx_matrix, expected_matrix, register, sequence_file
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # disjoint label sets, so a method that predicts only the last task's labels is wrong on every earlier one
@@ -156,10 +159,10 @@ class RecordingAdapter(Adapter):
         return super().predict(batch, t)
 
 
-def nearest_prototypes(cfg, cache_dir, n_tasks) -> list[list[np.ndarray]]:
+def nearest_prototypes(cfg, cache_dir, n_tasks, split="test") -> list[list[np.ndarray | None]]:
     """A bare nearest-prototype loop: task k's prototype is the mean pooled output of a fresh
-    pretrained backbone on its first 256 training examples; after task i a test example goes to the
-    nearest of prototypes 0..i."""
+    pretrained backbone on its first 256 training examples; after task i a test (or novel) example
+    goes to the nearest of prototypes 0..i. None for a task without a `split`."""
     from bench.backbones import build_backbone
     from bench.backbones.base import pooled
     from bench.precision import autocast
@@ -167,12 +170,13 @@ def nearest_prototypes(cfg, cache_dir, n_tasks) -> list[list[np.ndarray]]:
     plans = runner.plan_tasks(cfg)
 
     def feats(plan, split):
-        data = runner.plan_split(backbone, TASKS.get(plan.name)(), plan, split, cfg, cache_dir)
+        data = runner.plan_split(backbone, planned_task(plan), plan, split, cfg, cache_dir)
         with torch.no_grad(), autocast(cfg.precision, "cpu"):
             return torch.cat([pooled(backbone, b).float() for b in data.batches(256)])
     protos = torch.stack([feats(p, "train")[:256].mean(0) for p in plans])
-    tests = [feats(p, "test") for p in plans]
-    return [[torch.cdist(tests[j], protos[:i + 1]).argmin(1).numpy() for j in range(i + 1)] for i in range(n_tasks)]
+    tests = [feats(p, split) if split == "test" or p.holdout else None for p in plans]
+    return [[None if tests[j] is None else torch.cdist(tests[j], protos[:i + 1]).argmin(1).numpy() for j in range(i + 1)]
+            for i in range(n_tasks)]
 
 
 def test_adapters_get_the_predicted_task_id_never_the_oracle(monkeypatch, recorder, disjoint, tmp_path, cache_dir):
@@ -194,6 +198,35 @@ def test_adapters_get_the_predicted_task_id_never_the_oracle(monkeypatch, record
     assert plain["matrix"] == m["matrix"]
 
 
+class RoutedMemoriser(Memoriser):
+    def activate(self, t, ctx):  # a method that selects something per task: its task id is predicted
+        pass
+
+
+def test_novel_compositions_are_routed_by_the_predicted_task_id(monkeypatch, tmp_path, cache_dir):
+    """The novel split of a class-IL run is predicted with the task ids the nearest-prototype
+    predictor assigns to its own examples (a bare loop over the novel features), never task j's."""
+    import bench.evaluate
+    register(monkeypatch, CLASSES)
+    plugin(monkeypatch, "routed_memoriser", RoutedMemoriser)
+    holdout = {"words_a": ["cat", "sun"], "words_d": ["green", "cat"]}
+    sequence = sequence_file(tmp_path / "seq.yaml", "class", CLASSES, holdout)
+    given, real = [], bench.evaluate.per_example_scores
+
+    def novel_scores(method, j, data, *args, models=None, **kwargs):  # the novel split's call (bench/novel.py)
+        given.append((j, None if models is None else models.cpu().numpy()))
+        return real(method, j, data, *args, models=models, **kwargs)
+    monkeypatch.setattr(bench.evaluate, "per_example_scores", novel_scores)
+    m = run_method("routed_memoriser", tmp_path, cache_dir, sequence=sequence)
+    assert m["task_id"] == "predicted"
+    cfg = resolve("routed_memoriser", RoutedMemoriser, [], sequence=sequence, backbone="toy", quick=True)
+    expected = nearest_prototypes(cfg, cache_dir, 2, "novel")
+    cells = [(j, expected[i][j]) for i in range(2) for j in range(i + 1) if expected[i][j] is not None]
+    assert [j for j, _ in given] == [j for j, _ in cells]
+    assert all(np.array_equal(got, want) for (_, got), (_, want) in zip(given, cells))
+    assert any((want != j).any() for j, want in cells)  # the predictor errs here: the oracle would differ
+
+
 class OracleAdapter(Adapter):
     needs_task_id = True
 
@@ -207,6 +240,26 @@ def test_a_method_that_needs_the_task_id_gets_the_oracle_and_says_so(monkeypatch
     m = run_method("oracle_adapter", tmp_path, cache_dir, sequence=disjoint)
     assert m["task_id"] == "oracle" and "task_id_accuracy" not in m
     assert all(set(given) == {j} for (_, j), given in recorder.by_cell().items())
+
+
+@pytest.mark.parametrize("setting", ["domain", "task"])
+def test_contradicting_domains_score_as_computed_by_hand_through_one_head(monkeypatch, setting, tmp_path, cache_dir):
+    """Domain-IL: one head, so after task i every domain is predicted with domain i's word map
+    (cells such as 85.7 = 18/21 where two maps agree on 18 of 21 test examples); never a task id
+    given to predict. The same toy in task-IL scores 100 everywhere (a head per task, its id)."""
+    register(monkeypatch, DOMAINS)
+    plugin(monkeypatch, "memoriser", Memoriser)
+    monkeypatch.setattr(Memoriser, "log", [])
+    m = run_method("memoriser", tmp_path, cache_dir, sequence=sequence_file(tmp_path / "seq.yaml", setting, DOMAINS))
+    assert m["setting"] == setting and m["matrix"] == approx_matrix(expected_matrix(DOMAINS, setting))
+    assert metrics.summary(m["matrix"], m["chance"], m["single_task"]) == m["summary"]  # the formulas, from metrics.json
+    if setting == "task":
+        assert all(v == 100 for i, row in enumerate(m["matrix"]) for v in row[:i + 1])
+        return
+    assert m["task_id"] == "shared" and 0 < m["matrix"][2][0] < m["matrix"][2][1] < 100  # the contradictions cost
+    # every prediction (validation and every test split) after task i took index i and read one head
+    assert {(trained, given) for trained, given, _ in Memoriser.log} == {(i, i) for i in range(3)}
+    assert len({head for *_, head in Memoriser.log}) == 1
 
 
 def test_domain_sequence_shares_one_head_over_one_label_space(tmp_path, cache_dir):
