@@ -16,7 +16,7 @@ from bench.cache import safe_name
 from bench.store import runs_dir, write_text
 
 TEMPLATE = Path(__file__).with_name("results_page.html.j2")
-FIGURES = ("forgetting", "downstream", "score_vs_params", "score_vs_compute")
+FIGURES = ("forgetting", "forgetting_settings", "novel", "retention", "downstream", "score_vs_params", "score_vs_compute")
 LOG_LINES = 200  # the end of a run's log.jsonl shown on the page
 
 

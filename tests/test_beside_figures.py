@@ -3,6 +3,8 @@ from a report over fake finished runs with "novel" and "probe" results: the draw
 error bars and lines read back from matplotlib's artists equal means over the runs' metrics.json
 computed here; at 3.3 and 7 inches no text overlaps another or leaves the figure, and the PDFs embed
 TrueType fonts. A report without such runs draws neither."""
+import base64
+
 import numpy as np
 import pytest
 
@@ -103,3 +105,12 @@ def test_both_figures_keep_labels_apart_at_their_width_with_truetype(reported):
             assert shown["size"][0] == pytest.approx(width)
             data = (root / f"w{width}" / "figures" / f"{name}.pdf").read_bytes()
             assert b"/FontFile2" in data and b"/Type3" not in data
+
+
+def test_results_page_shows_the_novel_and_retention_figures(reported):
+    root, _, _ = reported
+    out = root / "w7.0"
+    index = (out / "index.html").read_text()
+    for name in ("novel", "retention"):
+        png = base64.b64encode((out / "figures" / f"{name}.png").read_bytes()).decode("ascii")
+        assert f"data:image/png;base64,{png}" in index

@@ -3,6 +3,7 @@ turn, into results/ (stopping at the first that fails), and `make leaderboard` a
 run of `default`; the report over one results folder holding the three settings' runs has a row per
 (setting, method) and draws forgetting_settings. Nothing is trained: make prints or runs a fake
 interpreter, and the runs are fake finished ones."""
+import base64
 import os
 import shutil
 import subprocess
@@ -63,4 +64,5 @@ def test_the_report_over_one_folder_covers_every_setting(tmp_path):
     shown = report["table"]
     assert sorted(zip(shown["Setting"], shown["Method"])) == sorted(
         (f"{s} / default / {r.get('setting', 'task')}-IL", m) for s, r in settings.items() for m in ("finetune", "er"))
-    assert (tmp_path / "figures" / "forgetting_settings.png").exists()
+    figure = (tmp_path / "figures" / "forgetting_settings.png").read_bytes()
+    assert base64.b64encode(figure).decode("ascii") in (tmp_path / "index.html").read_text()  # on the results page
