@@ -3,6 +3,7 @@ naming the file and the option that skips such images, with nothing half-written
 cache; with `--set skip_bad_images=true` their examples are dropped from the splits and counted
 per task and split in metrics.json."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,7 +88,6 @@ def test_docs_errors_catalogue_gives_the_exact_line_of_an_unreadable_image(tmp_p
     root shown as <data_root>), and the run prints exactly that line and nothing else. Two workers: the
     suite encodes its data before its runs start, where the error ends the command (with one worker
     the run that meets the image fails on its own)."""
-    from pathlib import Path
     damage, message = DOC_ROWS[case]
     data = generate(tmp_path / "data", tasks=["vqav2"], odd=0.0, counts={"vqav2": {"train": TRAIN, "test": TEST}})
     image = data / "ms-coco" / "images" / f"{4:012d}.jpg"  # a training image
