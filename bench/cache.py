@@ -165,7 +165,7 @@ def _descriptor(shard: Shard) -> int:
         if os.fstat(fd).st_ino != shard.version[1]:  # names are never reused: this one was replaced
             os.close(fd)
             raise ValueError(f"image store shard {shard.path} changed on disk")
-        if len(_OPEN) >= OPEN_SHARDS:
+        while len(_OPEN) >= OPEN_SHARDS:
             os.close(_OPEN.popitem(last=False)[1])
     _OPEN[shard.version] = fd
     return fd

@@ -1,12 +1,14 @@
 """A split's images are read from the image store's shards per batch, and reading them leaves
 nothing behind in the process: its resident memory does not grow with the images it has read
 (mapped shard pages used to stay resident: +1.35 GB for perf g's ViLT at 8x the data)."""
+import os
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
+import bench.cache
 from bench.cache import ImageFeatureStore
 
 ROW = (4, 256, 256)  # 256 KiB of uint8 per image: large enough for pages to show in RSS, small enough to be fast
@@ -27,6 +29,16 @@ def store_rows(tmp_path: Path, n: int, **kind):
     rows, bad = ImageFeatureStore(tmp_path, "probe").rows(keys, seeds, lambda ims: features(ims, **kind))
     assert not bad
     return rows
+
+
+def open_files() -> list[str]:
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            names.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # the listing's own descriptor, closed by now
+            pass
+    return names
 
 
 def resident_mb() -> float:
@@ -60,8 +72,10 @@ def test_reading_every_image_of_a_split_holds_none_of_them(tmp_path, monkeypatch
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8])
 def test_rows_read_from_shards_are_the_encodings_for_any_index(tmp_path, monkeypatch, dtype):
     """Rows come back bit-exact for every dtype a backbone caches, across shards, for an int, a
-    list, a 2-d index (repeats included) and an empty one."""
+    list, a 2-d index (repeats included) and an empty one, with fewer files kept open than the
+    split has shards (closed and opened again as reads move between them)."""
     monkeypatch.setattr("bench.cache.IMAGE_CHUNK", 8)
+    monkeypatch.setattr("bench.cache.OPEN_SHARDS", 2)
     rows = store_rows(tmp_path, 20, shape=(3, 5), dtype=dtype)
     expected = features(range(20), shape=(3, 5), dtype=dtype)
     assert len(rows.shards) == 3 and rows.shape == expected.shape
@@ -70,3 +84,5 @@ def test_rows_read_from_shards_are_the_encodings_for_any_index(tmp_path, monkeyp
     index = torch.tensor([[3, 3, 16], [9, 0, 19]])
     assert torch.equal(rows[index], expected[index]) and rows[index].dtype == dtype
     assert rows[torch.arange(0)].shape == (0, 3, 5)
+    if Path("/proc/self/fd").is_dir():  # Linux: the shard files this process has open
+        assert sum(str(rows.directory) in name for name in open_files()) <= 2 and len(bench.cache._OPEN) <= 2
