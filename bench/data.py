@@ -5,9 +5,9 @@ no per-step Python data work.
 
 A cached split is a directory of NumPy arrays (one per field), memory-mapped when read, and the
 rows of the image store holding its distinct images (`image_rows.npy`, bench/cache.py
-`ImageRows`): the images' encodings are on disk once, in the store's shards, and a batch gathers
-its own rows from them. The process holds only the pages its batches touch (file pages the kernel
-shares between workers and can drop), never a copy of the split. The data stays on the host;
+`ImageRows`): the images' encodings are on disk once, in the store's shards, and a batch reads
+its own rows from them (pread, through the kernel's page cache, which workers share). The process
+holds the batch, never a copy of the split, nor the pages of images earlier batches read. The data stays on the host;
 `to(device)` makes each batch go there (pinned, non-blocking), so the device holds the model and
 the batch in flight. Soft targets (VQA: a few scored answers of thousands) are stored sparse and
 densified per batch. An image that cannot be decoded stops the encoding with one error naming it,

@@ -11,9 +11,9 @@ the process (encoding included), training examples/s (steps x batch / the task's
 validation checks included).
 
 rss_growth   peak at 8x / peak at 1x, the larger of the two backbones (goal <= 1.15)
-stream_ratio training examples/s of the default on the 8x split as the runs read it (memory-mapped)
-             / on the same split copied into memory first, same model and steps, in this process
-             (goal >= 0.9)
+stream_ratio training examples/s of the default on the 8x split as the runs read it (from the
+             cache: fields memory-mapped, image rows read per batch) / on the same split copied
+             into memory first, same model and steps, in this process (goal >= 0.9)
 """
 import dataclasses
 import json
@@ -70,7 +70,7 @@ def scale_run(spec: str, data: Path, sequence: Path, work: Path, wl) -> dict:
 
 def stream_ratio(data: Path, sequence: Path, cache: Path, wl) -> tuple[float, float, float]:
     """(streamed ex/s, in-memory ex/s, ratio): `fit` on the default's cached 8x training split as
-    read (memory-mapped) and as a copy in memory; best of wl.repeats each, alternating."""
+    read (from the cache) and as a copy in memory; best of wl.repeats each, alternating."""
     from bench.backbones import build_backbone
     from bench.config import plan_tasks, resolve
     from bench.context import TaskContext
@@ -123,5 +123,5 @@ def section_scale(wl, say) -> tuple[float, float]:
     growth = {name: runs[name, 8]["peak_mb"] / runs[name, 1]["peak_mb"] for name in backbones}
     streamed, in_memory, ratio = stream_ratio(root / "data-8x", sequence, runs["default", 8]["cache"], wl)
     say("    peak at 8x / 1x: " + ", ".join(f"{k} {v:.2f}" for k, v in growth.items())
-        + f"; default training on the 8x split: memory-mapped {streamed:.0f} examples/s, in memory {in_memory:.0f} = {ratio:.3f}")
+        + f"; default training on the 8x split: from the cache {streamed:.0f} examples/s, in memory {in_memory:.0f} = {ratio:.3f}")
     return max(growth.values()), ratio

@@ -3,6 +3,7 @@ naming the file and the option that skips such images, with nothing half-written
 cache; with `--set skip_bad_images=true` their examples are dropped from the splits and counted
 per task and split in metrics.json."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,3 +73,32 @@ def test_skipped_images_drop_their_examples_and_are_counted(climb, tmp_path):
     assert len(splits["train"][0]) + len(splits["val"][0]) == TRAIN[0] - sum(s["examples"] for s in carved)
     assert all(s["images"] == (s["examples"] > 0) for s in carved)
     assert all(str(truncated) in s["first"] for s in carved if s["images"])
+
+
+SKIP_HINT = "; --set skip_bad_images=true drops the examples of unreadable images and counts them instead"
+DOC_ROWS = {  # docs/errors.md's rows: case -> the one line, {image} the unreadable file
+    "truncated image": ("truncate", "error: cannot read image {image}: Truncated File Read" + SKIP_HINT),
+    "file that is not an image": ("html", "error: cannot read image {image}: cannot identify image file '{image}'" + SKIP_HINT),
+}
+
+
+@pytest.mark.parametrize("case", DOC_ROWS)
+def test_docs_errors_catalogue_gives_the_exact_line_of_an_unreadable_image(tmp_path, capsys, case):
+    """docs/errors.md shows exactly the line a run prints for such an image (a path under the data
+    root shown as <data_root>), and the run prints exactly that line and nothing else. Two workers: the
+    suite encodes its data before its runs start, where the error ends the command (with one worker
+    the run that meets the image fails on its own)."""
+    damage, message = DOC_ROWS[case]
+    data = generate(tmp_path / "data", tasks=["vqav2"], odd=0.0, counts={"vqav2": {"train": TRAIN, "test": TEST}})
+    image = data / "ms-coco" / "images" / f"{4:012d}.jpg"  # a training image
+    image.write_bytes(image.read_bytes()[:300] if damage == "truncate" else b"<html>404 not found</html>")
+    sequence = tmp_path / "seq.yaml"
+    sequence.write_text(yaml.safe_dump({"tasks": ["vqav2"], "options": {"steps": 2, "val_size": 5}}))
+    code = run_bench.main(["run", "--sequence", str(sequence), "--methods", "finetune", "--backbone", "toy", "--workers", "2",
+                           "--out", str(tmp_path / "out"), "--set", f"data_root={data}", "--set", f"cache_dir={tmp_path / 'cache'}"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and lines == [message.format(image=image)], lines
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name in ("DONE", "metrics.json", "checkpoint.pt")]
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "errors.md").read_text()
+    shown = message.format(image=f"<data_root>/{image.relative_to(data)}")
+    assert any(row.startswith(f"| {case} |") and row.endswith(f"| `{shown}` |") for row in doc.splitlines()), shown
