@@ -40,11 +40,12 @@ def questions_about(data, tag: str, image) -> int:
     return sum(a["image_id"] == int(image.stem) for a in anns)
 
 
-def test_an_unreadable_image_is_one_error_line_naming_it_and_the_option(climb, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("workers", ["1", "2"])  # one worker runs in this process: the line must not depend on it
+def test_an_unreadable_image_is_one_error_line_naming_it_and_the_option(climb, tmp_path, capsys, monkeypatch, workers):
     data, sequence, truncated, _ = climb
     monkeypatch.setattr("bench.cache.IMAGE_CHUNK", 2)  # chunks finish before the bad image's
     cache = tmp_path / "cache"
-    code = run_bench.main(["run", "--sequence", str(sequence), "--methods", "finetune", "--backbone", "toy",
+    code = run_bench.main(["run", "--sequence", str(sequence), "--methods", "finetune", "--backbone", "toy", "--workers", workers,
                            "--out", str(tmp_path / "out"), "--set", f"data_root={data}", "--set", f"cache_dir={cache}"])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, lines
@@ -85,9 +86,7 @@ DOC_ROWS = {  # docs/errors.md's rows: case -> the one line, {image} the unreada
 @pytest.mark.parametrize("case", DOC_ROWS)
 def test_docs_errors_catalogue_gives_the_exact_line_of_an_unreadable_image(tmp_path, capsys, case):
     """docs/errors.md shows exactly the line a run prints for such an image (a path under the data
-    root shown as <data_root>), and the run prints exactly that line and nothing else. Two workers: the
-    suite encodes its data before its runs start, where the error ends the command (with one worker
-    the run that meets the image fails on its own)."""
+    root shown as <data_root>), and the run prints exactly that line and nothing else."""
     damage, message = DOC_ROWS[case]
     data = generate(tmp_path / "data", tasks=["vqav2"], odd=0.0, counts={"vqav2": {"train": TRAIN, "test": TEST}})
     image = data / "ms-coco" / "images" / f"{4:012d}.jpg"  # a training image

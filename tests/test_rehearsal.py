@@ -2,11 +2,13 @@
 (bench/memory.py), DER++'s stored logits and loss, ER-ACE's asymmetric cross-entropy and A-GEM's
 gradient projection, each against values computed independently."""
 import itertools
+import tracemalloc
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from bench.data import EncodedSplit
 from bench.errors import BenchError
 from bench.memory import Reservoir, SplitIndex
 from bench.method import Stage, task_loss
@@ -62,6 +64,23 @@ def test_split_index_finds_each_example_of_a_batch(toy_data):
         # equal content is the same example for replay: compare what the found indices hold
         for k, v in split.batch(found).items():
             assert torch.equal(v, split.batch(idx)[k])
+
+
+def test_split_index_holds_no_copy_of_the_images():
+    """Replay on a pixel backbone finds batches in splits of thousands of large images: the index
+    must not keep each image's bytes (a ViLT canvas is 1.48 MB), only a small key per image."""
+    n_images, image = 256, (4, 2048)  # 32 KB per image, 8 MB in all
+    images = torch.randn(n_images, *image, generator=torch.Generator().manual_seed(0))
+    fields = {"label": torch.arange(2 * n_images) % 5, "image_index": torch.arange(2 * n_images)[:, None] % n_images}
+    split = EncodedSplit(fields, images)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    index = SplitIndex(split)
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert held < images.numel() * images.element_size() / 16, held
+    idx = torch.tensor([3, 300, 511, 0])
+    assert index.find(split.batch(idx)).tolist() == idx.tolist()  # every example distinct: found exactly
 
 
 # -- DER++ ---------------------------------------------------------------------------------------

@@ -32,8 +32,9 @@ class LocalExecutor(Executor):
         if not queue:
             return []
         mark_submitted(self.opts.out, [cfg.run_id for cfg in queue], "local")  # `status` lists them as pending
-        if workers > 1 and len(queue) > 1:  # with every core: no worker runs yet
-            encode_suite_data(queue, self.opts.cache_dir, os.cpu_count())
+        # with every core, before any run: parallel runs would each encode the same images, and
+        # an unreadable image fails the suite with its one line instead of each run
+        encode_suite_data(queue, self.opts.cache_dir, os.cpu_count())
         with tqdm(total=len(queue), desc="runs", disable=None, position=1, leave=False) as bar:  # below the suite bar
             finished = self._run_wave(queue, workers, wait=False, bar=bar)
             busy = {o.run_id for o in finished if o.status == "busy"}
