@@ -20,6 +20,7 @@ class TaskContext:
     head_lr: float                     # ... and for its head
     precision: str                     # "fp32" or "bf16": what the loop's autocast applies
     stage: object = None               # the bench.method.Stage being trained; None in `begin_task` / `end_task`
+    run_log: object = None             # the run's loggers (bench.loggers.RunLog) the loop reports steps to; None: none on
 
     def at(self, stage) -> "TaskContext":
         return replace(self, stage=stage)

@@ -91,18 +91,10 @@ class RunLog:
             logger.on_finish(metrics)
 
 
-_active: RunLog | None = None
-
-
-def active() -> RunLog | None:
-    """The RunLog of the run this process is executing, or None when no logger is on."""
-    return _active
-
-
 @contextmanager
 def for_run(run_id: str, run_dir: Path, config: dict, provenance):
-    """The loggers named in MMCL_LOG around one run (`provenance` is called only when one is on)."""
-    global _active
+    """The loggers named in MMCL_LOG around one run, as a RunLog (None when no logger is on) that the
+    runner hands to the training loop in the task's context (`provenance` is called only when one is on)."""
     names = parse(os.environ.get(LOG_ENV))
     if not names:
         yield None
@@ -112,10 +104,8 @@ def for_run(run_id: str, run_dir: Path, config: dict, provenance):
     try:
         for name in names:
             loggers.append(LOGGERS.get(name)(run_id, Path(run_dir), config, prov))
-        _active = RunLog(loggers)
-        yield _active
+        yield RunLog(loggers)
     finally:
-        _active = None
         for logger in loggers:
             logger.close()
 

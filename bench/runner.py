@@ -146,21 +146,21 @@ def execute_run(cfg: RunConfig, out, *, device: str = "auto", threads: int | Non
             (run_dir / "DONE").unlink()
         remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.identity())
-        with loggers.for_run(cfg.run_id, run_dir, cfg.identity(), lambda: provenance(cfg, device)):
-            return _execute(cfg, run_dir, device, cache_dir, log, cache_prefix, reuse_stages, reuse_scores, compile)
+        with loggers.for_run(cfg.run_id, run_dir, cfg.identity(), lambda: provenance(cfg, device)) as run_log:
+            return _execute(cfg, run_dir, device, cache_dir, log, cache_prefix, reuse_stages, reuse_scores, compile, run_log)
 
 
 def _execute(cfg: RunConfig, run_dir: Path, device: str, cache_dir: Path, log,
              cache_prefix: bool = True, reuse_stages: bool = True, reuse_scores: bool = True,
-             compile: bool = False) -> tuple[str, dict]:
+             compile: bool = False, run_log=None) -> tuple[str, dict]:
     started = time.time()
-    run = Run(cfg, device, cache_dir, log, cache_prefix, cache_dir if reuse_stages else None)
+    run = Run(cfg, device, cache_dir, log, cache_prefix, cache_dir if reuse_stages else None, run_log)
     state = RunState(run_dir, run.method, log, cfg.run_id)
     state.resume(len(run.tasks))
     run.train_sequence(state, reuse_scores, compile)
     run.learn_downstream_tasks(state)
     result = finish(cfg, run_dir, state.progress, run.tasks, run.method, device, time.time() - started,
-                    run.beside_results(state.progress))
+                    run.beside_results(state.progress), run_log)
     state.finished()
     return ("resumed" if state.resumed else "trained"), result
 
@@ -169,9 +169,10 @@ class Run:
     """One run's method and data, built and encoded before any training: every split of every
     task (downstream ones too) is read, so validated, first."""
 
-    def __init__(self, cfg: RunConfig, device: str, cache_dir: Path, log, cache_prefix: bool, reuse_dir: Path | None):
+    def __init__(self, cfg: RunConfig, device: str, cache_dir: Path, log, cache_prefix: bool, reuse_dir: Path | None,
+                 run_log=None):
         self.cfg, self.device, self.cache_dir, self.log = cfg, device, cache_dir, log
-        self.cache_prefix, self.reuse_dir = cache_prefix, reuse_dir
+        self.cache_prefix, self.reuse_dir, self.run_log = cache_prefix, reuse_dir, run_log  # run_log: bench.loggers.RunLog
         self.plans, self.down_plans, probe_plans = plan_tasks(cfg), plan_tasks(cfg, "downstream"), plan_tasks(cfg, "probe")
         self.tasks = [planned_task(p) for p in self.plans]
         self.down_tasks = [planned_task(p) for p in self.down_plans]
@@ -243,7 +244,7 @@ class Run:
             t0, i = time.time(), group[-1]
             if self.space is not None:
                 self.space.through(i, self.device)
-            trainable, stage_costs = train_group(method, group, self.plans, data, cfg, prefix, self.reuse_dir)
+            trainable, stage_costs = train_group(method, group, self.plans, data, cfg, prefix, self.reuse_dir, self.run_log)
             train_s = time.time() - t0 + reused_seconds(stage_costs) + prefix_s
             prefix_s = 0.0
             if method.joint:
@@ -261,8 +262,8 @@ class Run:
             progress["trainable"] += [trainable] * len(group)
             progress["fit"] += stage_costs
             state.save()
-            if loggers.active():
-                loggers.active().on_task(i, [t.name for t in tasks], row, train_s)
+            if self.run_log:
+                self.run_log.on_task(i, [t.name for t in tasks], row, train_s)
             self.log(f"[{cfg.run_id}] task {i + 1}/{T} {'+'.join(tasks[t].name for t in group)}: "
                      + " ".join("-" if v is None else f"{v:.1f}" for v in row) + f"  ({train_s:.1f}s)")
 
@@ -348,16 +349,17 @@ def build_method(cfg: RunConfig, method_cls, backbone, tasks, device: str, space
 
 
 def train_group(method, group: list[int], plans, data: dict, cfg: RunConfig, prefix=None,
-                reuse_dir: Path | None = None) -> tuple[int, list[dict]]:
+                reuse_dir: Path | None = None, run_log=None) -> tuple[int, list[dict]]:
     """Train tasks `group` (one task; all of them for a joint method) through the method's stages;
-    a shared stage is reused from `reuse_dir` when a run has trained it (bench/reuse.py). Returns
+    a shared stage is reused from `reuse_dir` when a run has trained it (bench/reuse.py); steps are
+    reported to `run_log` (bench.loggers.RunLog) when a logger is on. Returns
     the most parameters trained at once and each stage's cost."""
     i = group[-1]
     names = "+".join(method.tasks[t].name for t in group)
     # the task's own settings; a joint group takes its last task's learning rate
     ctx = TaskContext(task=i, tasks=tuple(group), train_data=data["train"], seed=task_seed(cfg.seed, i),
                       lr=first_set(plans[i].lr, type(method).lr), head_lr=first_set(cfg.head_lr, type(method).head_lr),
-                      precision=cfg.precision)
+                      precision=cfg.precision, run_log=run_log)
     torch.manual_seed(ctx.seed)
     method.begin_task(ctx)
     if prefix is not None:
@@ -411,7 +413,7 @@ def learn_downstream(run: Run, task, plan, task_data) -> dict:
                          "so a downstream task cannot start from the upstream model")
     method.load_state_dict({**state, **{k: v for k, v in carried.items() if k in state}})
     prefix, data = run.with_prefix(method, {name: run.data[name] + [task_data[name]] for name in run.data})
-    trainable, stage_costs = train_group(method, [T], run.plans + [plan], data, cfg, prefix, run.reuse_dir)
+    trainable, stage_costs = train_group(method, [T], run.plans + [plan], data, cfg, prefix, run.reuse_dir, run.run_log)
     return {"task": task.name, "score": score(method, T, data["test"][T], cfg.eval_batch_size, cfg.precision),
             "chance": task.chance, "shots": plan.shots, "train_examples": len(task_data["train"]),
             "trainable": trainable, "train_s": time.time() - t0 + reused_seconds(stage_costs), "stages": stage_costs}
@@ -459,7 +461,7 @@ def downstream_transfer(cfg: RunConfig, run_dir: Path, downstream: list[dict]) -
     return out
 
 
-def finish(cfg, run_dir, progress, tasks, method, device, total_s, beside: dict) -> dict:
+def finish(cfg, run_dir, progress, tasks, method, device, total_s, beside: dict, run_log=None) -> dict:
     A = progress["rows"]
     chance = [t.chance for t in tasks]
     single = single_task_scores(cfg, run_dir, A)
@@ -478,7 +480,7 @@ def finish(cfg, run_dir, progress, tasks, method, device, total_s, beside: dict)
     if progress.get("downstream"):
         result["downstream"] = downstream_transfer(cfg, run_dir, progress["downstream"])
     write_json(run_dir / "metrics.json", result)
-    if loggers.active():
-        loggers.active().on_finish(result)
+    if run_log:
+        run_log.on_finish(result)
     write_text(run_dir / "DONE", cfg.run_id + "\n")
     return result

@@ -5,7 +5,6 @@ import math
 import torch
 from tqdm import tqdm
 
-from bench import loggers
 from bench.errors import BenchError
 from bench.evaluate import score
 from bench.method import Method
@@ -89,7 +88,7 @@ def fit(method, ctx, train: dict, val: dict, *, steps: int, cfg, desc: str = "")
     best, best_step, best_state = -math.inf, 0, None
     bad = None  # non-finite loss seen; stays on the device: no host sync per step, checked at val checks
     device_type = params[0].device.type
-    run_log = loggers.active()  # None when no logger is on: the loop then reads nothing per step
+    run_log = ctx.run_log  # None when no logger is on: the loop then reads nothing per step
     method.net.train()
     batches = _batches(train, cfg.batch_size, generator)
     for step in tqdm(range(1, steps + 1), desc=desc, leave=False, disable=None, mininterval=2):
