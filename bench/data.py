@@ -29,6 +29,7 @@ from bench.cache import IMAGE_CHUNK, ImageFeatureStore, ImageRows, code_digest, 
 from bench.columns import Examples
 from bench.errors import BenchError
 from bench.images import BadImage, encode_readable
+from bench.peak_memory import release_freed_heap
 from bench.task import Task
 
 
@@ -226,6 +227,7 @@ def load_split(backbone, task: Task, split: str, cache_dir: Path | None, *, limi
         with hint_at_skipping():
             rows, bad = store.rows(keys, unique, backbone.encode_images, skip_bad)
         del unique
+        release_freed_heap()  # the pixels decoded and freed while encoding, else resident for the whole process
         if skip_bad:
             fields, skipped = drop_unreadable(task, fields, keys, bad)
     write_split(path, fields, rows, task.n_classes if "label_classes" in fields else None, skipped)

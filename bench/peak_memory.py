@@ -4,6 +4,7 @@ reports its first). Here: the process's resident high-water mark VmHWM (Linux, /
 exec starts it afresh), reset after each reading by writing 5 to /proc/self/clear_refs, so each
 reading covers the process since its start or since the previous reading. On CUDA, the allocator's
 peak, reset the same way."""
+import ctypes
 import re
 import resource
 
@@ -31,3 +32,13 @@ def run_peak_mb(device: str) -> float:
         host_peak_mb()  # the next run's host peak starts here too
         return peak
     return host_peak_mb()
+
+
+def release_freed_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim). Encoding images frees
+    its pixel buffers in pieces the allocator keeps resident: 220 MB after 64 images for the tiny
+    ViLT at 384 and ~0.8 GB after perf g's 500, held for the rest of the process otherwise."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass

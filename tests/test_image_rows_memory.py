@@ -86,3 +86,28 @@ def test_rows_read_from_shards_are_the_encodings_for_any_index(tmp_path, monkeyp
     assert rows[torch.arange(0)].shape == (0, 3, 5)
     if Path("/proc/self/fd").is_dir():  # Linux: the shard files this process has open
         assert sum(str(rows.directory) in name for name in open_files()) <= 2 and len(bench.cache._OPEN) <= 2
+
+
+def anonymous_mb() -> float:
+    return int(re.search(r"^RssAnon:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1)) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+def test_encoding_a_split_leaves_no_freed_pixels_resident(tmp_path):
+    """Encoding 64 COCO-sized images for a ViLT at its real processor size (1.48 MB canvases, 95
+    MB of them; more in float while resizing) frees all of it; the process must not keep the freed
+    heap resident afterwards (it kept 220 MB here, ~0.8 GB for perf g's 500 images, for the
+    whole run)."""
+    from bench.backbones import build_backbone
+    from bench.data import load_split
+    from bench.perf_scale import tiny_vilt
+    from bench.registry import TASKS
+    from tools.make_climb_data import generate
+    data = generate(tmp_path / "data", tasks=["vqav2"], counts={"vqav2": {"train": (128, 64), "test": (10, 5)}})
+    backbone = build_backbone(f"vilt:{tiny_vilt(tmp_path / 'vilt')}")
+    task = TASKS.get("vqav2")()
+    task.prepare(str(data))
+    before = anonymous_mb()
+    split = load_split(backbone, task, "train", tmp_path / "cache", data_root=str(data), val_size=4)
+    assert len(split.images) > 50  # the split's images were encoded here
+    assert anonymous_mb() - before < 40, anonymous_mb() - before
