@@ -9,19 +9,19 @@ memory is a few buffers of `self.net` (checkpointed, so a resumed run continues 
 from typing import Callable, Iterator
 
 import torch
-import xxhash
 from torch import nn
 
 from bench.errors import BenchError
 from bench.method import Method
+from bench.store import tensor_hash, update_digest
 
 
 def _row_key(row: list[torch.Tensor]) -> bytes:
     """A 128-bit digest of the tensors' bytes (any dtype, bf16 too): the index holds 16 bytes per
     image and per example, not a copy of each image (a ViLT canvas is 1.48 MB)."""
-    h = xxhash.xxh3_128()
+    h = tensor_hash()
     for r in row:
-        h.update(r.reshape(-1).view(torch.uint8).numpy())
+        update_digest(h, r)
     return h.digest()
 
 

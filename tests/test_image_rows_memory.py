@@ -41,10 +41,14 @@ def open_files() -> list[str]:
     return names
 
 
+def status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status, in MiB."""
+    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1)) / 1024
+
+
 def resident_mb() -> float:
     """This process's resident memory: anonymous + file pages + shared (VmRSS)."""
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) / 1024
+    return status_mb("VmRSS")
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
@@ -88,10 +92,6 @@ def test_rows_read_from_shards_are_the_encodings_for_any_index(tmp_path, monkeyp
         assert sum(str(rows.directory) in name for name in open_files()) <= 2 and len(bench.cache._OPEN) <= 2
 
 
-def anonymous_mb() -> float:
-    return int(re.search(r"^RssAnon:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1)) / 1024
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
 def test_encoding_a_split_leaves_no_freed_pixels_resident(tmp_path):
     """Encoding 64 COCO-sized images for a ViLT at its real processor size (1.48 MB canvases, 95
@@ -107,7 +107,8 @@ def test_encoding_a_split_leaves_no_freed_pixels_resident(tmp_path):
     backbone = build_backbone(f"vilt:{tiny_vilt(tmp_path / 'vilt')}")
     task = TASKS.get("vqav2")()
     task.prepare(str(data))
-    before = anonymous_mb()
+    before = status_mb("RssAnon")
     split = load_split(backbone, task, "train", tmp_path / "cache", data_root=str(data), val_size=4)
     assert len(split.images) > 50  # the split's images were encoded here
-    assert anonymous_mb() - before < 40, anonymous_mb() - before
+    held = status_mb("RssAnon") - before
+    assert held < 40, held
